@@ -1,0 +1,66 @@
+"""Per-step recording of what stochastic layers drew.
+
+A `VariationalModel` opens a `StepScope` around its forward pass. Every `Latent` and
+Bayesian layer called inside it appends what the objective needs (q, z, prior, weight-KL).
+The stack is thread-local because `tf.distribute.MirroredStrategy` runs replicas in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import Any
+
+_state = threading.local()
+
+
+@dataclasses.dataclass
+class LatentRecord:
+    """What one call of a `Latent` layer contributes to the objective."""
+
+    layer: Any
+    q: Any
+    z: Any
+    prior: Any
+    estimator: Any
+    inputs: Any
+    seed: Any
+    log_q: Any = None  # log q(z) as the estimator wants it in the objective value
+
+
+@dataclasses.dataclass
+class StepScope:
+    """Collects the records of one forward pass of a variational model."""
+
+    objective: str = "elbo"
+    num_samples: int = 1
+    training: bool = False
+    latents: list = dataclasses.field(default_factory=list)
+    weight_kls: list = dataclasses.field(default_factory=list)
+    path_tape: Any = None  # a tape watching z for estimators that need d log w / dz
+
+    def add_latent(self, record: LatentRecord) -> None:
+        self.latents.append(record)
+        if self.path_tape is not None and record.estimator.needs_path_gradient:
+            self.path_tape.watch(record.z)
+
+    def add_weight_kl(self, layer: Any, kl: Any) -> None:
+        self.weight_kls.append((layer, kl))
+
+
+def current_scope() -> StepScope | None:
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def recording(scope: StepScope):
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(scope)
+    try:
+        yield scope
+    finally:
+        stack.pop()

@@ -1,0 +1,56 @@
+"""Pluggable gradient estimators for latent variables."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_vi.estimators import baselines
+from keras_vi.estimators.base import Estimator, is_reparameterized
+from keras_vi.estimators.reparameterization import Reparameterization, StickingTheLanding
+from keras_vi.estimators.score_function import ScoreFunction
+
+__all__ = [
+    "Estimator",
+    "Reparameterization",
+    "ScoreFunction",
+    "StickingTheLanding",
+    "baselines",
+    "get",
+    "is_reparameterized",
+    "resolve_auto",
+]
+
+_ALIASES = {
+    "reparameterization": Reparameterization,
+    "score_function": ScoreFunction,
+    "stl": StickingTheLanding,
+}
+
+
+def register_alias(alias: str, cls: type) -> None:
+    _ALIASES[alias] = cls
+
+
+def get(identifier) -> Estimator | str:
+    """Resolves an estimator identifier. `"auto"` is kept as the string and resolved per q."""
+    if identifier == "auto" or isinstance(identifier, Estimator):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in _ALIASES:
+            raise ValueError(
+                f"Unknown `estimator` {identifier!r}; expected 'auto', one of "
+                f"{sorted(_ALIASES)} or a keras_vi.estimators.Estimator instance."
+            )
+        return _ALIASES[identifier]()
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    raise ValueError(
+        f"`estimator` must be 'auto', a string alias or an Estimator; got {identifier!r}."
+    )
+
+
+def resolve_auto(reparameterized: bool) -> Estimator:
+    """What `estimator="auto"` means for a q: pathwise if possible, else REINFORCE + average."""
+    if reparameterized:
+        return Reparameterization()
+    return ScoreFunction(baseline=baselines.MovingAverage())

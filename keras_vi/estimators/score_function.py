@@ -1,0 +1,52 @@
+"""Score-function (REINFORCE) gradients."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_vi.estimators import baselines as baselines_lib
+from keras_vi.estimators.base import Estimator
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class ScoreFunction(Estimator):
+    """REINFORCE: grad E_q[f] = E_q[(f(z) - b) grad log q(z)].
+
+    Works for any q, discrete included. The learning signal f is the per-sample objective
+    (ELBO) or the bound of the example (IWAE); a baseline b reduces variance without bias.
+
+    Args:
+        baseline: None, or a `keras_vi.estimators.baselines.Baseline`, e.g.
+            `MovingAverage(decay)`.
+
+    Example:
+        >>> est = kvi.estimators.ScoreFunction(
+        ...     baseline=kvi.estimators.baselines.MovingAverage(0.9))
+        >>> latent = kvi.layers.CategoricalLatent(10, estimator=est)
+    """
+
+    alias = "score_function"
+    pathwise = False
+
+    def __init__(self, baseline=None):
+        self.baseline = baselines_lib.get(baseline)
+
+    def learning_signal(self, record, signals) -> tf.Tensor:
+        return signals.learning_signal(record)
+
+    def surrogate(self, record, signals):
+        signal = tf.stop_gradient(self.learning_signal(record, signals))
+        auxiliary = None
+        if self.baseline is not None:
+            baseline, auxiliary = self.baseline.compute(signal, record.inputs, signals.training)
+            signal = signal - tf.stop_gradient(baseline)
+        log_q = signals.score_log_prob(record)
+        term = signals.reduce_samples(signal * log_q)
+        return term if auxiliary is None else term + auxiliary
+
+    def get_config(self):
+        baseline = self.baseline
+        return {
+            "baseline": None if baseline is None else keras.saving.serialize_keras_object(baseline)
+        }

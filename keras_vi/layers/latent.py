@@ -1,0 +1,327 @@
+"""Latent variables as Keras layers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from keras_vi import _random, _scope, divergences, estimators, priors
+
+tfd = tfp.distributions
+logger = logging.getLogger("keras_vi")
+
+__all__ = [
+    "Latent",
+    "NormalLatent",
+    "BernoulliLatent",
+    "CategoricalLatent",
+]
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Latent(keras.layers.Layer):
+    """A stochastic layer: parameters in, a sample z ~ q(z | parameters) out.
+
+    Inside a `kvi.VariationalModel`'s training or evaluation step, the layer also records q,
+    z, its prior and its estimator, from which the model builds the ELBO. Outside one (for
+    example in `predict`), it simply returns a sample.
+
+    Args:
+        distribution_fn: callable mapping the layer's input tensor to a `tfd.Distribution`
+            whose batch shape is the batch axis. Register it with
+            `keras.saving.register_keras_serializable` to save the model.
+        prior: None (no KL term: a purely stochastic node), a string (`"standard_normal"`,
+            `"uniform"`), a `kvi.priors.Prior`, a `tfd.Distribution`, or a callable q -> p.
+        estimator: `"auto"`, an alias such as `"reparameterization"` or `"score_function"`,
+            or a `kvi.estimators.Estimator`.
+        kl: `"auto"` (closed form when TFP has one, Monte Carlo otherwise), `"analytic"`
+            (ValueError when no closed form exists) or `"mc"`.
+        kl_samples: draws for a Monte Carlo KL; 1 reuses the sample the layer returns.
+        seed: optional int for this layer's `keras.random.SeedGenerator`.
+
+    Example:
+        >>> def gaussian(params):
+        ...     loc, raw = tf.split(params, 2, axis=-1)
+        ...     return tfd.Independent(tfd.Normal(loc, tf.nn.softplus(raw) + 1e-5), 1)
+        >>> z = kvi.layers.Latent(gaussian, prior="standard_normal", name="z")(h)
+    """
+
+    # Whether this layer's q is fully reparameterized; None means: probe q once in build.
+    reparameterized: bool | None = None
+
+    def __init__(
+        self,
+        distribution_fn: Callable[[tf.Tensor], tfd.Distribution] | None = None,
+        prior: Any = None,
+        estimator: Any = "auto",
+        kl: str = "auto",
+        kl_samples: int = 1,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if distribution_fn is not None and not callable(distribution_fn):
+            raise ValueError(
+                f"`distribution_fn` must be a callable params -> tfd.Distribution, got "
+                f"{type(distribution_fn).__name__}."
+            )
+        if distribution_fn is None and type(self).make_distribution is Latent.make_distribution:
+            raise ValueError(
+                "Latent needs a `distribution_fn` (or a subclass's make_distribution)."
+            )
+        self.distribution_fn = distribution_fn
+        self.prior = priors.get(prior)
+        self.estimator = estimators.get(estimator)
+        self.kl = divergences.check_kl_method(kl, "kl")
+        if not (
+            isinstance(kl_samples, int) and not isinstance(kl_samples, bool) and kl_samples >= 1
+        ):
+            raise ValueError(f"`kl_samples` must be a positive integer, got {kl_samples!r}.")
+        self.kl_samples = kl_samples
+        self.seed = seed
+        self.seed_generator = _random.make_seed_generator(seed, self.name)
+        self._resolved_estimator = None if self.estimator == "auto" else self.estimator
+        self.baseline = getattr(self._resolved_estimator, "baseline", None)
+
+    def make_distribution(self, inputs: tf.Tensor) -> tfd.Distribution:
+        """q for a batch of parameters; subclasses override this instead of `distribution_fn`."""
+        return self.distribution_fn(inputs)
+
+    def build(self, input_shape):
+        if self._resolved_estimator is None:
+            reparameterized = self.reparameterized
+            if reparameterized is None:
+                probe_shape = [1 if d is None else d for d in input_shape]
+                probe = self.make_distribution(tf.zeros(probe_shape))
+                reparameterized = estimators.is_reparameterized(probe)
+            self._resolved_estimator = estimators.resolve_auto(reparameterized)
+            logger.info(
+                "keras_vi: latent %r uses estimator='auto' -> %r.",
+                self.name,
+                self._resolved_estimator,
+            )
+            self.baseline = getattr(self._resolved_estimator, "baseline", None)
+        if self.baseline is not None and not self.baseline.built:
+            self.baseline.build(input_shape)
+        self.built = True
+
+    @property
+    def resolved_estimator(self) -> estimators.Estimator:
+        """The estimator in use (what `"auto"` resolved to, once the layer is built)."""
+        return self._resolved_estimator
+
+    def prior_distribution(self, q: tfd.Distribution) -> tfd.Distribution | None:
+        return None if self.prior is None else self.prior(q)
+
+    def call(self, inputs, training=None):
+        inputs = tf.cast(inputs, tf.float32)
+        q = self.make_distribution(inputs)
+        estimator = self._resolved_estimator
+        seed = _random.draw_tfp_seed(self.seed_generator)
+        scope = _scope.current_scope()
+        if scope is not None:
+            estimator.validate(q, objective=scope.objective, num_samples=scope.num_samples)
+            self._validate_kl(q, scope)
+        z = estimator.sample(q, seed)
+        if scope is not None:
+            scope.add_latent(
+                _scope.LatentRecord(
+                    layer=self,
+                    q=q,
+                    z=z,
+                    prior=self.prior_distribution(q),
+                    estimator=estimator,
+                    inputs=tf.stop_gradient(inputs),
+                    seed=seed,
+                )
+            )
+        return tf.cast(z, self.compute_dtype) if z.dtype.is_floating else z
+
+    def _validate_kl(self, q, scope):
+        if self.prior is None:
+            return
+        if scope.objective == "iwae" and self.kl == "analytic":
+            raise ValueError(
+                f"Latent {self.name!r}: kl='analytic' cannot be used with objective='iwae', which "
+                "needs log p(z) - log q(z) at every sample. Use kl='auto' or kl='mc'."
+            )
+        if self.kl == "analytic":
+            divergences.analytic_kl(q, self.prior_distribution(q))
+
+    def compute_output_spec(self, inputs):
+        probe = self.make_distribution(tf.zeros([1 if d is None else d for d in inputs.shape]))
+        shape = (inputs.shape[0], *probe.event_shape)
+        dtype = self.compute_dtype if probe.dtype.is_floating else probe.dtype.name
+        return keras.KerasTensor(shape, dtype=dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "distribution_fn": None
+                if self.distribution_fn is None
+                else keras.saving.serialize_keras_object(self.distribution_fn),
+                "prior": None
+                if self.prior is None
+                else keras.saving.serialize_keras_object(self.prior),
+                "estimator": self.estimator
+                if isinstance(self.estimator, str)
+                else keras.saving.serialize_keras_object(self.estimator),
+                "kl": self.kl,
+                "kl_samples": self.kl_samples,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("distribution_fn", "prior", "estimator"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _check_width(layer: Latent, input_shape, expected: int, what: str) -> None:
+    width = input_shape[-1]
+    if width is not None and width != expected:
+        raise ValueError(
+            f"{type(layer).__name__} {layer.name!r} expects an input of width {expected} "
+            f"({what}), got {width}."
+        )
+
+
+def _check_positive_int(value, name: str, owner: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class NormalLatent(Latent):
+    """A diagonal Gaussian latent of `units` dimensions, standard-normal prior by default.
+
+    The input has width 2 * units: the first half is the mean, the second half passes
+    through softplus (plus `min_scale`) to give the standard deviation.
+
+    Example:
+        >>> h = keras.layers.Dense(2 * 16)(features)
+        >>> z = kvi.layers.NormalLatent(16, name="z")(h)
+    """
+
+    reparameterized = True
+
+    def __init__(
+        self, units: int, prior: Any = "standard_normal", min_scale: float = 1e-5, **kwargs
+    ):
+        super().__init__(prior=prior, **kwargs)
+        self.units = _check_positive_int(units, "units", "NormalLatent")
+        if not min_scale >= 0:
+            raise ValueError(f"NormalLatent: `min_scale` must be >= 0, got {min_scale}.")
+        self.min_scale = float(min_scale)
+
+    def build(self, input_shape):
+        _check_width(self, input_shape, 2 * self.units, "loc and scale")
+        super().build(input_shape)
+
+    def make_distribution(self, inputs):
+        loc, raw_scale = tf.split(inputs, 2, axis=-1)
+        scale = tf.nn.softplus(raw_scale) + self.min_scale
+        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("distribution_fn")
+        return {**config, "units": self.units, "min_scale": self.min_scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class BernoulliLatent(Latent):
+    """`units` independent binary latents from logits, uniform (fair-coin) prior by default.
+
+    Not reparameterizable: `"auto"` picks the score-function estimator with a moving average.
+
+    Example:
+        >>> z = kvi.layers.BernoulliLatent(200, name="bits")(keras.layers.Dense(200)(h))
+    """
+
+    reparameterized = False
+
+    def __init__(self, units: int, prior: Any = "uniform", **kwargs):
+        super().__init__(prior=prior, **kwargs)
+        self.units = _check_positive_int(units, "units", "BernoulliLatent")
+
+    def build(self, input_shape):
+        _check_width(self, input_shape, self.units, "logits")
+        super().build(input_shape)
+
+    def make_distribution(self, inputs):
+        return tfd.Independent(tfd.Bernoulli(logits=inputs, dtype=tf.float32), 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("distribution_fn")
+        return {**config, "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class CategoricalLatent(Latent):
+    """One or several categorical latents from logits; returns one-hot samples.
+
+    Args:
+        num_classes: classes per variable.
+        num_variables: None for one variable (input width `num_classes`, output
+            `[batch, num_classes]`), or V independent variables (input width
+            `V * num_classes`, output flattened to `[batch, V * num_classes]`).
+
+    Example:
+        >>> z = kvi.layers.CategoricalLatent(10, num_variables=20, estimator="score_function")(
+        ...     keras.layers.Dense(200)(h))
+    """
+
+    reparameterized = False
+
+    def __init__(
+        self, num_classes: int, num_variables: int | None = None, prior: Any = "uniform", **kwargs
+    ):
+        super().__init__(prior=prior, **kwargs)
+        self.num_classes = _check_positive_int(num_classes, "num_classes", "CategoricalLatent")
+        self.num_variables = (
+            None
+            if num_variables is None
+            else _check_positive_int(num_variables, "num_variables", "CategoricalLatent")
+        )
+
+    def build(self, input_shape):
+        _check_width(self, input_shape, self.num_classes * (self.num_variables or 1), "logits")
+        super().build(input_shape)
+
+    def _logits(self, inputs):
+        if self.num_variables is None:
+            return inputs
+        return tf.reshape(inputs, [-1, self.num_variables, self.num_classes])
+
+    def make_distribution(self, inputs):
+        q = tfd.OneHotCategorical(logits=self._logits(inputs), dtype=tf.float32)
+        return q if self.num_variables is None else tfd.Independent(q, 1)
+
+    def call(self, inputs, training=None):
+        z = super().call(inputs, training=training)
+        if self.num_variables is None:
+            return z
+        return tf.reshape(z, [-1, self.num_variables * self.num_classes])
+
+    def compute_output_spec(self, inputs):
+        width = self.num_classes * (self.num_variables or 1)
+        return keras.KerasTensor((inputs.shape[0], width), dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("distribution_fn")
+        return {**config, "num_classes": self.num_classes, "num_variables": self.num_variables}

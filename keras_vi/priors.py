@@ -1,0 +1,242 @@
+"""Serializable priors.
+
+A prior is a callable `prior(q) -> tfd.Distribution` that returns a distribution with the
+same event shape as q. Making priors objects (not bare distributions) lets a model that uses
+them be saved and loaded with `get_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+__all__ = [
+    "Prior",
+    "StandardNormal",
+    "Normal",
+    "Uniform",
+    "MixtureOfGaussians",
+    "ScaleMixture",
+    "FixedDistribution",
+    "get",
+]
+
+
+def _event_shape(q: tfd.Distribution) -> tf.TensorShape:
+    shape = q.event_shape
+    if not shape.is_fully_defined():
+        raise ValueError(f"prior: q's event shape {shape} must be fully known to build a prior.")
+    return shape
+
+
+class Prior:
+    """Base class: `prior(q)` returns p(z) matching q's event shape."""
+
+    def __call__(self, q: tfd.Distribution) -> tfd.Distribution:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Prior:
+        return cls(**config)
+
+
+def _independent(dist: tfd.Distribution, ndims: int) -> tfd.Distribution:
+    return tfd.Independent(dist, reinterpreted_batch_ndims=ndims) if ndims else dist
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class StandardNormal(Prior):
+    """N(0, I) over q's event shape.
+
+    Example:
+        >>> latent = kvi.layers.NormalLatent(8, prior=kvi.priors.StandardNormal())
+    """
+
+    def __call__(self, q):
+        shape = _event_shape(q)
+        zeros = tf.zeros(shape, dtype=q.dtype)
+        return _independent(tfd.Normal(zeros, tf.ones_like(zeros)), len(shape))
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Normal(Prior):
+    """N(loc, scale²) with scalar loc and scale, over q's event shape.
+
+    Example:
+        >>> prior = kvi.priors.Normal(loc=0.0, scale=0.5)
+    """
+
+    def __init__(self, loc: float = 0.0, scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"Normal prior: `scale` must be positive, got {scale}.")
+        self.loc = float(loc)
+        self.scale = float(scale)
+
+    def __call__(self, q):
+        shape = _event_shape(q)
+        loc = tf.fill(shape, tf.constant(self.loc, q.dtype))
+        return _independent(
+            tfd.Normal(loc, tf.fill(shape, tf.constant(self.scale, q.dtype))), len(shape)
+        )
+
+    def get_config(self):
+        return {"loc": self.loc, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Uniform(Prior):
+    """The uniform prior of a discrete q: fair coins for Bernoulli, equal class odds otherwise.
+
+    Example:
+        >>> latent = kvi.layers.CategoricalLatent(10, prior=kvi.priors.Uniform())
+    """
+
+    def __call__(self, q):
+        base = q.distribution if isinstance(q, tfd.Independent) else q
+        if isinstance(base, tfd.Bernoulli):
+            shape = _event_shape(q)
+            return _independent(tfd.Bernoulli(logits=tf.zeros(shape), dtype=q.dtype), len(shape))
+        if isinstance(base, (tfd.OneHotCategorical, tfd.RelaxedOneHotCategorical)):
+            shape = _event_shape(q)  # [..., num_classes]
+            logits = tf.zeros(shape)
+            return _independent(tfd.OneHotCategorical(logits=logits, dtype=q.dtype), len(shape) - 1)
+        if isinstance(base, tfd.Categorical):
+            return tfd.Categorical(logits=tf.zeros([base.num_categories]), dtype=q.dtype)
+        raise ValueError(
+            "Uniform prior: expected q to be Bernoulli, Categorical or OneHotCategorical "
+            f"(optionally Independent), got {type(base).__name__}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class MixtureOfGaussians(Prior):
+    """A mixture of isotropic Gaussians over q's event shape (no closed-form KL with a Normal q).
+
+    Args:
+        locs: one location per component; each a scalar or a vector of the event size.
+        scales: one positive scale per component.
+        weights: mixture weights (normalised); equal if omitted.
+
+    Example:
+        >>> prior = kvi.priors.MixtureOfGaussians(locs=[-2.0, 2.0], scales=[0.5, 0.5])
+    """
+
+    def __init__(self, locs: list, scales: list, weights: list | None = None):
+        if len(locs) != len(scales):
+            raise ValueError(
+                f"MixtureOfGaussians: `locs` and `scales` need one entry per component, got "
+                f"{len(locs)} and {len(scales)}."
+            )
+        if any(not float(s) > 0 for s in scales):
+            raise ValueError(f"MixtureOfGaussians: every scale must be positive, got {scales}.")
+        if weights is not None and len(weights) != len(locs):
+            raise ValueError(
+                f"MixtureOfGaussians: `weights` needs {len(locs)} entries, got {len(weights)}."
+            )
+        self.locs = [float(v) if not isinstance(v, (list, tuple)) else list(v) for v in locs]
+        self.scales = [float(s) for s in scales]
+        self.weights = None if weights is None else [float(w) for w in weights]
+
+    def __call__(self, q):
+        shape = _event_shape(q)
+        n = len(self.locs)
+        locs = tf.cast(tf.constant(self.locs), q.dtype)
+        locs = tf.broadcast_to(
+            tf.reshape(locs, [n] + [1] * len(shape) if locs.shape.rank == 1 else [n, *shape]),
+            [n, *shape],
+        )
+        scales = tf.broadcast_to(
+            tf.reshape(tf.constant(self.scales, q.dtype), [n] + [1] * len(shape)), [n, *shape]
+        )
+        components = _independent(tfd.Normal(locs, scales), len(shape))
+        probs = (
+            tf.ones([n]) / n
+            if self.weights is None
+            else tf.constant(self.weights) / sum(self.weights)
+        )
+        return tfd.MixtureSameFamily(tfd.Categorical(probs=tf.cast(probs, q.dtype)), components)
+
+    def get_config(self):
+        return {"locs": self.locs, "scales": self.scales, "weights": self.weights}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class ScaleMixture(Prior):
+    """Blundell et al. (2015) scale mixture: pi N(0, sigma1²) + (1 - pi) N(0, sigma2²), per element.
+
+    No closed-form KL exists against a Normal posterior, so the KL is estimated by Monte Carlo.
+
+    Example:
+        >>> prior = kvi.priors.ScaleMixture(pi=0.5, sigma1=1.0, sigma2=0.0025)
+    """
+
+    def __init__(self, pi: float = 0.5, sigma1: float = 1.0, sigma2: float = 0.0025):
+        if not 0.0 < pi < 1.0:
+            raise ValueError(f"ScaleMixture: `pi` must be in (0, 1), got {pi}.")
+        if not (sigma1 > 0 and sigma2 > 0):
+            raise ValueError(
+                f"ScaleMixture: `sigma1` and `sigma2` must be positive, got {sigma1}, {sigma2}."
+            )
+        self.pi, self.sigma1, self.sigma2 = float(pi), float(sigma1), float(sigma2)
+
+    def __call__(self, q):
+        shape = _event_shape(q)
+        dtype = q.dtype
+        mix = tfd.Categorical(probs=tf.constant([self.pi, 1.0 - self.pi], dtype))
+        comps = tfd.Normal(tf.zeros([2], dtype), tf.constant([self.sigma1, self.sigma2], dtype))
+        element = tfd.MixtureSameFamily(mix, comps)
+        return _independent(tfd.Sample(element, shape), 0)
+
+    def get_config(self):
+        return {"pi": self.pi, "sigma1": self.sigma1, "sigma2": self.sigma2}
+
+
+class FixedDistribution(Prior):
+    """Wraps a ready-made `tfd.Distribution` (not serializable: use a `Prior` to save models)."""
+
+    def __init__(self, distribution: tfd.Distribution):
+        self.distribution = distribution
+
+    def __call__(self, q):
+        return self.distribution
+
+    def get_config(self):
+        raise ValueError(
+            "A prior given as a tfd.Distribution object cannot be serialized. To save the model, "
+            "pass a keras_vi.priors.Prior (e.g. kvi.priors.MixtureOfGaussians) or a callable "
+            "registered with keras.saving.register_keras_serializable."
+        )
+
+
+_ALIASES = {"standard_normal": StandardNormal, "normal": StandardNormal, "uniform": Uniform}
+
+
+def get(identifier: Any) -> Prior | Any | None:
+    """Resolves a prior identifier: None, a string alias, a Prior, a distribution or a callable."""
+    if identifier is None or isinstance(identifier, Prior):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in _ALIASES:
+            raise ValueError(
+                f"Unknown `prior` {identifier!r}; expected one of {sorted(_ALIASES)}, a "
+                "keras_vi.priors.Prior, a tfd.Distribution or a callable q -> distribution."
+            )
+        return _ALIASES[identifier]()
+    if isinstance(identifier, tfd.Distribution):
+        return FixedDistribution(identifier)
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if callable(identifier):
+        return identifier
+    raise ValueError(
+        f"`prior` must be None, a string, a Prior, a tfd.Distribution or a callable; got "
+        f"{type(identifier).__name__}."
+    )

@@ -1,0 +1,170 @@
+"""Schedules of the KL weight as a function of the global training step.
+
+Every schedule works on Python numbers and on tensors, so the model can evaluate it inside
+the compiled training step (from `optimizer.iterations`, which checkpoints restore).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+__all__ = ["Schedule", "Constant", "Linear", "Cyclical", "Sigmoid", "get"]
+
+
+def _check_finite(value, name, owner, minimum=None, strict=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}: `{name}` must be a finite number, got {value!r}.")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        rel = ">" if strict else ">="
+        raise ValueError(f"{owner}: `{name}` must be {rel} {minimum}, got {value!r}.")
+    return float(value)
+
+
+def _check_steps(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+class Schedule:
+    """Base class: `schedule(step) -> weight`, for a Python int or an integer tensor."""
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        return self.value(step)
+
+    def value(self, step: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Constant(Schedule):
+    """A fixed weight.
+
+    Example:
+        >>> kvi.schedules.Constant(0.5)(1000)  # 0.5
+    """
+
+    def __init__(self, value: float = 1.0):
+        self.constant = _check_finite(value, "value", "Constant", minimum=0.0)
+
+    def value(self, step):
+        return tf.fill(tf.shape(step), self.constant)
+
+    def get_config(self):
+        return {"value": self.constant}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Linear(Schedule):
+    """Linear warm-up from `start` to `stop` over `warmup_steps`, then constant.
+
+    Example:
+        >>> kvi.schedules.Linear(warmup_steps=1000)(500)  # 0.5
+    """
+
+    def __init__(self, warmup_steps: int, start: float = 0.0, stop: float = 1.0):
+        self.warmup_steps = _check_steps(warmup_steps, "warmup_steps", "Linear")
+        self.start = _check_finite(start, "start", "Linear", minimum=0.0)
+        self.stop = _check_finite(stop, "stop", "Linear", minimum=0.0)
+
+    def value(self, step):
+        fraction = tf.clip_by_value(step / self.warmup_steps, 0.0, 1.0)
+        return self.start + (self.stop - self.start) * fraction
+
+    def get_config(self):
+        return {"warmup_steps": self.warmup_steps, "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Cyclical(Schedule):
+    """Fu et al. (2019) cyclical annealing.
+
+    Each cycle of `cycle_steps` rises linearly from `start` to `stop` over the first `ratio`
+    of the cycle and stays at `stop` for the rest. After `num_cycles` cycles (if given) the
+    weight stays at `stop`.
+
+    Example:
+        >>> sched = kvi.schedules.Cyclical(cycle_steps=1000, num_cycles=4, ratio=0.5)
+        >>> sched(250)  # 0.5
+    """
+
+    def __init__(
+        self,
+        cycle_steps: int,
+        num_cycles: int | None = None,
+        ratio: float = 0.5,
+        start: float = 0.0,
+        stop: float = 1.0,
+    ):
+        self.cycle_steps = _check_steps(cycle_steps, "cycle_steps", "Cyclical")
+        self.num_cycles = (
+            None if num_cycles is None else _check_steps(num_cycles, "num_cycles", "Cyclical")
+        )
+        self.ratio = _check_finite(ratio, "ratio", "Cyclical", minimum=0.0, strict=True)
+        if self.ratio > 1.0:
+            raise ValueError(f"Cyclical: `ratio` must be in (0, 1], got {ratio!r}.")
+        self.start = _check_finite(start, "start", "Cyclical", minimum=0.0)
+        self.stop = _check_finite(stop, "stop", "Cyclical", minimum=0.0)
+
+    def value(self, step):
+        position = tf.math.floormod(step, float(self.cycle_steps)) / self.cycle_steps
+        weight = self.start + (self.stop - self.start) * tf.minimum(position / self.ratio, 1.0)
+        if self.num_cycles is not None:
+            weight = tf.where(step >= self.num_cycles * self.cycle_steps, self.stop, weight)
+        return weight
+
+    def get_config(self):
+        return {
+            "cycle_steps": self.cycle_steps,
+            "num_cycles": self.num_cycles,
+            "ratio": self.ratio,
+            "start": self.start,
+            "stop": self.stop,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Sigmoid(Schedule):
+    """A logistic ramp: stop / (1 + exp(-steepness * (step - midpoint))).
+
+    Example:
+        >>> kvi.schedules.Sigmoid(midpoint=2000, steepness=0.005)(2000)  # 0.5
+    """
+
+    def __init__(self, midpoint: float, steepness: float, stop: float = 1.0):
+        self.midpoint = _check_finite(midpoint, "midpoint", "Sigmoid", minimum=0.0)
+        self.steepness = _check_finite(steepness, "steepness", "Sigmoid", minimum=0.0, strict=True)
+        self.stop = _check_finite(stop, "stop", "Sigmoid", minimum=0.0)
+
+    def value(self, step):
+        return self.stop * tf.sigmoid(self.steepness * (step - self.midpoint))
+
+    def get_config(self):
+        return {"midpoint": self.midpoint, "steepness": self.steepness, "stop": self.stop}
+
+
+def get(identifier):
+    """A Schedule from a number, a Schedule, a config dict, or any callable step -> float."""
+    if isinstance(identifier, Schedule):
+        return identifier
+    if isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
+        return Constant(identifier)
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if callable(identifier):
+        return identifier
+    raise ValueError(
+        f"A KL-weight schedule must be a number, a kvi.schedules.Schedule or a callable "
+        f"step -> float; got {identifier!r}."
+    )
