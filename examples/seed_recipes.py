@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
+
 from data import digits_binary  # noqa: E402
 
 tfd = tfp.distributions
@@ -90,9 +91,7 @@ def recipe_b_categorical_score_function(epochs: int = 30, seed: int = 0) -> dict
     y = np.argmax(x @ w, axis=1).astype("int32")
     inputs = keras.Input((10,))
     logits = keras.layers.Dense(5, name="logits")(keras.layers.Dense(64, activation="relu")(inputs))
-    estimator = kvi.estimators.ScoreFunction(
-        baseline=kvi.estimators.baselines.MovingAverage(0.9)
-    )
+    estimator = kvi.estimators.ScoreFunction(baseline=kvi.estimators.baselines.MovingAverage(0.9))
     z = kvi.layers.CategoricalLatent(5, prior=None, estimator=estimator, name="choice")(logits)
     model = kvi.VariationalModel(inputs, z, likelihood=noisy_channel)
     model.compile(optimizer=keras.optimizers.Adam(0.01))

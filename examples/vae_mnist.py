@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
+
 from data import mnist_subset  # noqa: E402
 
 LATENT = 32

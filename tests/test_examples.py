@@ -14,7 +14,11 @@ def test_vae_mnist_smoke(tmp_path):
     import vae_mnist
 
     summary = vae_mnist.main(
-        epochs=2, log_dir=str(tmp_path), importance_samples=20, hidden=64, num_train=512,
+        epochs=2,
+        log_dir=str(tmp_path),
+        importance_samples=20,
+        hidden=64,
+        num_train=512,
         verbose=0,
     )
     assert os.path.getsize(summary["png"]) > 10_000

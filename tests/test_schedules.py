@@ -6,9 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_vae
 
 import keras_vi as kvi
+
+from conftest import small_vae
 
 
 def test_schedule_values():
@@ -79,7 +80,9 @@ def test_kl_annealing_with_a_python_callable(binary_data):
     model = small_vae()
     model.compile(optimizer="adam")
     history = run(
-        model, binary_data[:128], [kvi.callbacks.KLAnnealing(lambda step: min(1.0, step / 4))],
+        model,
+        binary_data[:128],
+        [kvi.callbacks.KLAnnealing(lambda step: min(1.0, step / 4))],
         epochs=2,
     )
     assert history["kl_weight"] == pytest.approx([np.mean([0, 0.25, 0.5, 0.75]), 1.0])
