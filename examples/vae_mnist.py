@@ -103,11 +103,21 @@ def main(
     steps_per_epoch = -(-len(x_train) // batch_size)
     warmup = max(1, min(10, epochs // 3) * steps_per_epoch)
     os.makedirs(log_dir, exist_ok=True)
+    test_binary = (np.random.default_rng(seed).random(x_test.shape) < x_test).astype("float32")
     callbacks = [
         kvi.callbacks.KLAnnealing(kvi.schedules.Linear(warmup_steps=warmup)),
         keras.callbacks.TensorBoard(log_dir),
+        # Gradient variance of the pathwise estimator, and of REINFORCE on the same batches.
+        kvi.callbacks.GradientVarianceLogger(
+            log_dir,
+            every_n_steps=100,
+            num_estimates=8,
+            estimators={"score_function": "score_function"},
+            seed=seed,
+        ),
+        kvi.callbacks.LatentDiagnostics(log_dir, validation_data=test_binary, seed=seed),
+        kvi.callbacks.ImageSamples(log_dir, test_binary, num_images=10, seed=seed),
     ]
-    test_binary = (np.random.default_rng(seed).random(x_test.shape) < x_test).astype("float32")
     start = time.perf_counter()
     model.fit(
         binarized(x_train, batch_size, seed, shuffle=True),

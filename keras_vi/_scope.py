@@ -12,6 +12,8 @@ import dataclasses
 import threading
 from typing import Any
 
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
 _state = threading.local()
 
 
@@ -39,6 +41,7 @@ class StepScope:
     latents: list = dataclasses.field(default_factory=list)
     weight_kls: list = dataclasses.field(default_factory=list)
     path_tape: Any = None  # a tape watching z for estimators that need d log w / dz
+    step: Any = None  # the training step (optimizer.iterations) for scheduled estimators
 
     def add_latent(self, record: LatentRecord) -> None:
         self.latents.append(record)
@@ -50,8 +53,15 @@ class StepScope:
 
 
 def current_scope() -> StepScope | None:
+    """The innermost active step scope, or None.
+
+    Keras traces layers symbolically (in a scratch graph) to infer output shapes, for example
+    when a subclassed model is first called; nothing drawn there belongs to the step.
+    """
     stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else None
+    if not stack or in_symbolic_scope():
+        return None
+    return stack[-1]
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ tfd = tfp.distributions
 
 __all__ = ["expectation"]
 
+_OBJECTIVES = (None, "elbo", "iwae")
+
 
 @dataclasses.dataclass
 class _ExpectationSignals(objectives.Signals):
@@ -25,9 +27,6 @@ class _ExpectationSignals(objectives.Signals):
 
     def score_log_prob(self, record):
         return self.log_q
-
-    def learning_signal(self, record):
-        return self.per_sample
 
 
 def _align(values: tf.Tensor, log_q: tf.Tensor):
@@ -44,30 +43,75 @@ def _align(values: tf.Tensor, log_q: tf.Tensor):
     return values, log_q
 
 
+def _check_objective(objective, num_samples: int, est) -> None:
+    if objective not in _OBJECTIVES:
+        raise ValueError(
+            f"Unknown `objective` {objective!r} for kvi.expectation; expected None (the mean "
+            "of fn), 'elbo' or 'iwae' (fn is then the log joint density log p(x, z))."
+        )
+    if objective is not None and getattr(est, "requires_analytic_kl", False):
+        raise ValueError(
+            f"estimator={type(est).__name__}() replaces log q(z) by a closed-form KL to a "
+            f"prior, which kvi.expectation(objective={objective!r}) does not have. Use "
+            "objective=None and put the KL in fn yourself."
+        )
+
+
+def _baseline_inputs(inputs, num_samples: int):
+    """[*batch, F] features -> [S * prod(batch), F] rows, sample-major like the model's."""
+    if inputs is None:
+        return None
+    inputs = tf.convert_to_tensor(inputs, dtype_hint=tf.float32)
+    tiled = tf.broadcast_to(inputs[tf.newaxis], tf.concat([[num_samples], tf.shape(inputs)], 0))
+    return tf.reshape(tiled, [-1, inputs.shape[-1]])
+
+
 def expectation(
     fn: Callable[[tf.Tensor], tf.Tensor],
     q: tfd.Distribution,
     estimator: Any = "auto",
     num_samples: int = 1,
     seed: Any = None,
+    *,
+    objective: str | None = None,
+    baseline_inputs: Any = None,
+    maximize: bool | None = None,
 ) -> tf.Tensor:
-    """E_q[fn(z)] by Monte Carlo, with the gradient of the chosen estimator.
+    """E_q[fn(z)] (or a variational bound) by Monte Carlo, with the chosen estimator's gradient.
 
-    The value is the mean of `fn(z)` over the `num_samples` draws (and any batch axes). Its
-    gradient inside a `tf.GradientTape` is the estimator's: pathwise through z for
-    `Reparameterization`, `(fn(z) - b) grad log q(z)` for `ScoreFunction`, plus `fn`'s own
-    variables. `"auto"` is pathwise when q is reparameterized and plain `ScoreFunction()`
-    otherwise (a moving average needs state across calls: pass your own estimator object
-    to keep one).
+    With `objective=None` the value is the mean of `fn(z)` over the `num_samples` draws (and
+    any batch axes). Its gradient inside a `tf.GradientTape` is the estimator's: pathwise
+    through z for `Reparameterization`, `(fn(z) - b) grad log q(z)` for `ScoreFunction`, the
+    relaxed path for `GumbelSoftmax`, plus `fn`'s own variables.
+
+    With `objective="elbo"` or `"iwae"`, `fn` is the log joint density log p(x, z) of the
+    samples (an unnormalised target, like `tfp.vi.monte_carlo_variational_loss`'s
+    `target_log_prob_fn`), kvi.expectation subtracts log q(z) itself, and the value is the
+    ELBO (mean of the log-weights) or the IWAE bound (mean over batch members of
+    log mean_k exp(log w_k), the draws being the K importance samples). This is where the
+    estimators that change how log q(z) is differentiated apply: `StickingTheLanding`,
+    `DoublyReparameterized` and `VIMCO` (the last two need `objective="iwae"` and raise a
+    ValueError otherwise). With `objective=None`, `"stl"` is the plain pathwise estimator,
+    since fn's own use of q is not known.
 
     Args:
         fn: maps samples of shape `[num_samples, *q.batch_shape, *q.event_shape]` to values
-            with leading axis `num_samples`.
+            with leading axis `num_samples`. For an objective it must return log p(x, z) of
+            shape `[num_samples, *q.batch_shape]`.
         q: the distribution to average over.
-        estimator: `"auto"`, an alias, or a `kvi.estimators.Estimator`.
-        num_samples: Monte Carlo draws.
+        estimator: `"auto"`, an alias, or a `kvi.estimators.Estimator`. Pass the same object
+            on every call to keep the state of a `MovingAverage` or `Learned` baseline.
+        num_samples: Monte Carlo draws (K for `objective="iwae"`; any K >= 1 there, K = 1
+            being the ELBO).
         seed: int, int32[2] stateless seed, or a `keras.random.SeedGenerator` (advanced on
             every call, so repeated calls draw fresh noise).
+        objective: None (mean of fn), `"elbo"` or `"iwae"`.
+        baseline_inputs: features `[*batch, F]` of the batch members (the shape of one
+            sample of fn's output, plus a feature axis), fed to a `Learned` baseline's
+            network; without them a learned baseline is a learned constant.
+        maximize: whether you will ascend the returned value; it sets the direction of the
+            auxiliary objective that trains a `Learned` baseline. Default: True for a bound
+            (`objective` given), False for a plain expectation (a cost to minimise).
 
     Returns:
         A scalar tensor.
@@ -78,6 +122,11 @@ def expectation(
         ...     value = kvi.expectation(lambda x: (x - 3.0) ** 2, tfd.Normal(loc, scale),
         ...                             estimator="score_function", num_samples=1000, seed=0)
         >>> tape.gradient(value, [loc, scale])  # about [2 * (1 - 3), 2 * 2]
+        >>> # The IWAE bound of log p(x) = log N(x; 0, 2) with DReG gradients:
+        >>> log_joint = lambda z: tfd.Normal(0.0, 1.0).log_prob(z) + tfd.Normal(z, 1.0).log_prob(x)
+        >>> with tf.GradientTape() as tape:
+        ...     bound = kvi.expectation(log_joint, tfd.Normal(loc, scale), estimator="dreg",
+        ...                             num_samples=16, objective="iwae", seed=0)
     """
     objectives.check_num_samples(num_samples)
     est = estimators.get(estimator)
@@ -87,30 +136,84 @@ def expectation(
             if estimators.is_reparameterized(q)
             else estimators.ScoreFunction()
         )
-    est.validate(q, objective="elbo", num_samples=num_samples)
+    _check_objective(objective, num_samples, est)
+    est.validate(q, objective=objective, num_samples=num_samples)
+    maximize = objective is not None if maximize is None else bool(maximize)
     tfp_seed = _random.draw_tfp_seed(seed)
-    z = est.sample(q, tfp_seed, sample_shape=[num_samples])
-    values = tf.convert_to_tensor(fn(z))
-    if values.shape.rank == 0 or values.shape[0] != num_samples:
-        raise ValueError(
-            f"`fn` must return values with leading axis num_samples={num_samples}, got shape "
-            f"{tuple(values.shape)}."
-        )
-    value = tf.reduce_mean(values)
+
+    # Sampling runs in a training scope: estimators that behave differently at evaluation
+    # (Gumbel-softmax draws exact samples there) use their training behaviour here.
+    with _scope.recording(
+        _scope.StepScope(objective=objective or "elbo", num_samples=num_samples, training=True)
+    ):
+        z = est.sample(q, tfp_seed, sample_shape=[num_samples])
+
+    path_tape = None
+    if getattr(est, "needs_path_gradient", False):
+        path_tape = tf.GradientTape(watch_accessed_variables=False)
+        path_tape.__enter__()
+        path_tape.watch(z)
+    try:
+        values = tf.convert_to_tensor(fn(z))
+        if values.shape.rank == 0 or values.shape[0] != num_samples:
+            raise ValueError(
+                f"`fn` must return values with leading axis num_samples={num_samples}, got "
+                f"shape {tuple(values.shape)}."
+            )
+        values = tf.cast(values, tf.float32)
+        if objective is not None:
+            log_q = tf.cast(est.log_prob(q, z), tf.float32)
+            if not values.shape.is_compatible_with(log_q.shape):
+                raise ValueError(
+                    f"With objective={objective!r}, `fn` must return log p(x, z) with the shape "
+                    f"of log q(z), {tuple(log_q.shape)}; got {tuple(values.shape)}."
+                )
+            per_sample = values - log_q
+        else:
+            per_sample = values
+    finally:
+        if path_tape is not None:
+            path_tape.__exit__(None, None, None)
+
     record = _scope.LatentRecord(
-        layer=None, q=q, z=z, prior=None, estimator=est, inputs=None, seed=tfp_seed
+        layer=None,
+        q=q,
+        z=z,
+        prior=None,
+        estimator=est,
+        inputs=_baseline_inputs(baseline_inputs, num_samples),
+        seed=tfp_seed,
     )
-    signal, log_q = _align(tf.cast(values, tf.float32), est.log_prob(q, tf.stop_gradient(z)))
+    path_gradients = {}
+    if path_tape is not None:
+        path_gradients[id(record)] = tf.stop_gradient(
+            path_tape.gradient(per_sample, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        )
+
+    score_log_q = q.log_prob(tf.stop_gradient(z))
+    if objective is None:
+        signal, score_log_q = _align(per_sample, score_log_q)
+        value = tf.reduce_mean(per_sample)
+        bound = tf.reduce_mean(signal, axis=0)
+    else:
+        signal = per_sample
+        if objective == "iwae":
+            bound = objectives.iwae_bound(per_sample)
+        else:
+            bound = tf.reduce_mean(per_sample, axis=0)
+        value = tf.reduce_mean(bound)
     signals = _ExpectationSignals(
-        objective="elbo",
+        objective="iwae" if objective == "iwae" else "elbo",
         num_samples=num_samples,
         training=True,
         kl_weight=tf.constant(0.0),
         log_likelihood=signal,
         per_sample=signal,
-        bound=tf.reduce_mean(signal, axis=0),
+        bound=bound,
         kls={},
-        log_q=log_q,
+        path_gradients=path_gradients,
+        maximize=maximize,
+        log_q=score_log_q,
     )
     surrogate = est.surrogate(record, signals)
     if surrogate is None:

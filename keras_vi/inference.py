@@ -8,7 +8,14 @@ import tensorflow as tf
 __all__ = ["log_likelihood"]
 
 
-def log_likelihood(model, x, y=None, num_samples: int = 1000, batch_size: int | None = None):
+def log_likelihood(
+    model,
+    x,
+    y=None,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    jit_compile: bool = True,
+):
     """Estimates log p(y | x) (log p(x) for unsupervised models) per example.
 
     Uses the IWAE bound with `num_samples` importance samples from the model's own q, which
@@ -21,6 +28,7 @@ def log_likelihood(model, x, y=None, num_samples: int = 1000, batch_size: int | 
         y: targets; defaults to x.
         num_samples: importance samples per example (>= 1).
         batch_size: examples per forward pass; by default about 20,000 / num_samples rows.
+        jit_compile: compile the estimate with XLA.
 
     Returns:
         A NumPy array of per-example estimates.
@@ -52,7 +60,7 @@ def log_likelihood(model, x, y=None, num_samples: int = 1000, batch_size: int | 
 
     if num_samples == 1:
         # One sample: the IWAE bound is the single-sample ELBO.
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def bound(xb, yb):  # noqa: F811
             out = model.compute_objective(
                 xb,

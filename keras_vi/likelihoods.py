@@ -47,6 +47,7 @@ def _float_target(y, likelihood):
 
 def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, tf.Tensor]:
     """Returns (distribution over the target, the target cast for its log_prob)."""
+    y = tf.convert_to_tensor(y)
     if callable(likelihood):
         dist = likelihood(y_pred)
         if not isinstance(dist, tfd.Distribution):
@@ -73,17 +74,13 @@ def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, tf.Tensor]:
         _same_shape(likelihood, y_pred, y)
         return tfd.Normal(y_pred, 1.0), y
     if likelihood == "categorical":
-        if y.shape.rank is not None and y.shape.rank == y_pred.shape.rank:
+        same_rank = y.shape.rank is not None and y.shape.rank == y_pred.shape.rank
+        if same_rank and y.shape[-1] == 1 and y_pred.shape[-1] != 1:
+            y = tf.squeeze(y, -1)  # class ids with a trailing axis of 1
+        elif same_rank:
             _same_shape(likelihood, y_pred, y)  # one-hot targets
-            return tfd.OneHotCategorical(logits=y_pred, dtype=tf.float32), _float_target(
-                y, likelihood
-            )
-        if (
-            y.shape.rank is not None
-            and y.shape.rank == y_pred.shape.rank - 1 + 1
-            and y.shape[-1] == 1
-        ):
-            y = tf.squeeze(y, -1)
+            one_hot = tfd.OneHotCategorical(logits=y_pred, dtype=tf.float32)
+            return one_hot, _float_target(y, likelihood)
         if y.shape.rank is not None and y.shape.rank != y_pred.shape.rank - 1:
             raise _shape_error(likelihood, y_pred, y, f"{tuple(y_pred.shape[:-1])} (class ids)")
         if y.dtype.is_floating:

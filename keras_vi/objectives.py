@@ -52,6 +52,11 @@ class Signals:
     per_sample: tf.Tensor  # [K, B]: log p(y|z) - beta * sum of KL terms (the log-weights)
     bound: tf.Tensor  # [B]: ELBO (mean over k) or IWAE bound per example
     kls: dict  # id(record) -> ([K, B] KL term, method)
+    # id(record) -> d sum(per_sample) / dz (gradient stopped), for estimators that need it.
+    path_gradients: dict = dataclasses.field(default_factory=dict)
+    # Whether the caller ascends the value (a bound: True); sets the direction of auxiliary
+    # objectives such as a learned baseline's regression.
+    maximize: bool = True
 
     def to_samples(self, flat: tf.Tensor) -> tf.Tensor:
         """[K*B] -> [K, B]."""
@@ -71,6 +76,17 @@ class Signals:
     @property
     def normalized_weights(self) -> tf.Tensor:
         return tf.nn.softmax(self.per_sample, axis=0)
+
+    def path_gradient(self, record) -> tf.Tensor:
+        """d log w / dz for a latent's samples (shaped like z), for DReG-type estimators."""
+        gradient = self.path_gradients.get(id(record))
+        if gradient is None:
+            raise ValueError(
+                f"{type(record.estimator).__name__}() needs d log w / dz, which is provided "
+                "when the forward pass runs inside VariationalModel.compute_objective (or "
+                "kvi.expectation); this step did not record it."
+            )
+        return gradient
 
     def learning_signal(self, record) -> tf.Tensor:
         """The score-function learning signal for one latent, shape [K, B] (or [1, B])."""
@@ -92,6 +108,16 @@ def latent_kl(record, objective: str, free_bits: float | None):
     estimator = record.estimator
     if objective == "iwae" or getattr(estimator, "needs_sample_kl", False):
         method = "mc"
+    elif getattr(estimator, "requires_analytic_kl", False):
+        # A relaxed sample (Gumbel-softmax) has no density under the categorical q: the ELBO
+        # uses the closed-form KL of the categorical, as Jang et al. (2017) do.
+        if method == "mc":
+            raise ValueError(
+                f"Latent {getattr(layer, 'name', '?')!r}: kl='mc' cannot be used with "
+                f"estimator={type(estimator).__name__}(), whose relaxed samples have no "
+                "log q(z); use kl='auto' or kl='analytic' (the categorical's closed form)."
+            )
+        method = "analytic"
     elif method == "auto":
         method = "analytic" if divergences.has_analytic_kl(q, p) else "mc"
     per_dim = None
@@ -113,6 +139,42 @@ def latent_kl(record, objective: str, free_bits: float | None):
         seed = tf.random.experimental.stateless_fold_in(record.seed, 1)
         kl = divergences.kl(q, p, method="mc", num_samples=layer.kl_samples, seed=seed)
     return kl, method, per_dim
+
+
+def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
+    """d sum(log w) / dz for every latent whose estimator asks for it (DReG).
+
+    Rows are independent samples, so the gradient of the sum gives each row's own
+    d log w_k / d z_k. Needs `scope.path_tape`, a persistent tape that watched those z during
+    the forward pass (opened by `VariationalModel.compute_objective`).
+    """
+    records = [r for r in scope.latents if getattr(r.estimator, "needs_path_gradient", False)]
+    if not records:
+        return {}
+    tape = getattr(scope, "path_tape", None)
+    if tape is None:
+        names = sorted({getattr(r.layer, "name", "?") for r in records})
+        raise ValueError(
+            f"Latents {names} use an estimator that needs d log w / dz, but the forward pass "
+            "was not recorded on a path tape; run it through VariationalModel.compute_objective."
+        )
+    with tape.stop_recording():
+        gradients = tape.gradient(
+            per_sample,
+            [r.z for r in records],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        for i, upstream in enumerate(records):
+            for j, downstream in enumerate(records):
+                if i != j and tape.gradient(downstream.z, upstream.z) is not None:
+                    raise ValueError(
+                        f"Latent {getattr(downstream.layer, 'name', '?')!r} depends on the "
+                        f"sample of latent {getattr(upstream.layer, 'name', '?')!r}, and both "
+                        f"use {type(downstream.estimator).__name__}(); its correction is "
+                        "defined for latents that do not depend on one another. Use "
+                        "estimator='reparameterization' for one of them."
+                    )
+    return {id(r): tf.stop_gradient(g) for r, g in zip(records, gradients)}
 
 
 def compute(
@@ -165,6 +227,10 @@ def compute(
     weight_kl = weight_kl / tf.cast(num_examples, tf.float32)
 
     per_sample = log_lik - kl_weight * total_kl
+    # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
+    # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
+    # are undefined there (VIMCO with K = 1) and none is differentiated.
+    path_gradients = _path_gradients(scope, per_sample) if training else {}
     if objective == "iwae":
         bound = iwae_bound(per_sample)
         value = tf.reduce_mean(bound)
@@ -185,9 +251,10 @@ def compute(
         per_sample=per_sample,
         bound=bound,
         kls=kls,
+        path_gradients=path_gradients,
     )
     surrogate = tf.constant(0.0)
-    for record in scope.latents:
+    for record in scope.latents if training else ():
         term = record.estimator.surrogate(record, signals)
         if term is not None:
             surrogate += term

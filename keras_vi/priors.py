@@ -7,6 +7,7 @@ them be saved and loaded with `get_config`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -22,6 +23,7 @@ __all__ = [
     "Uniform",
     "MixtureOfGaussians",
     "ScaleMixture",
+    "LearnableNormal",
     "FixedDistribution",
     "get",
 ]
@@ -35,10 +37,29 @@ def _event_shape(q: tfd.Distribution) -> tf.TensorShape:
 
 
 class Prior:
-    """Base class: `prior(q)` returns p(z) matching q's event shape."""
+    """Base class: `prior(q)` returns p(z) matching q's event shape.
+
+    A prior with trainable state (such as `LearnableNormal`) overrides `bind`, which the
+    owning layer calls once in `build` to create the state as that layer's weights; the
+    default returns the prior itself.
+    """
 
     def __call__(self, q: tfd.Distribution) -> tfd.Distribution:
         raise NotImplementedError
+
+    def bind(self, layer: keras.layers.Layer, name: str) -> Any:
+        """Returns the callable q -> p that `layer` uses for its weight `name`."""
+        del layer, name
+        return self
+
+    def element_distribution(self, dtype: tf.DType = tf.float32) -> tfd.Distribution | None:
+        """The scalar distribution of each element when the prior is i.i.d., else None.
+
+        Bayesian layers use it to compute a weight KL by broadcasting instead of
+        materialising the prior over the whole weight shape.
+        """
+        del dtype
+        return None
 
     def get_config(self) -> dict:
         return {}
@@ -65,6 +86,9 @@ class StandardNormal(Prior):
         zeros = tf.zeros(shape, dtype=q.dtype)
         return _independent(tfd.Normal(zeros, tf.ones_like(zeros)), len(shape))
 
+    def element_distribution(self, dtype=tf.float32):
+        return tfd.Normal(tf.constant(0.0, dtype), tf.constant(1.0, dtype))
+
 
 @keras.saving.register_keras_serializable(package="keras_vi")
 class Normal(Prior):
@@ -86,6 +110,9 @@ class Normal(Prior):
         return _independent(
             tfd.Normal(loc, tf.fill(shape, tf.constant(self.scale, q.dtype))), len(shape)
         )
+
+    def element_distribution(self, dtype=tf.float32):
+        return tfd.Normal(tf.constant(self.loc, dtype), tf.constant(self.scale, dtype))
 
     def get_config(self):
         return {"loc": self.loc, "scale": self.scale}
@@ -188,15 +215,100 @@ class ScaleMixture(Prior):
         self.pi, self.sigma1, self.sigma2 = float(pi), float(sigma1), float(sigma2)
 
     def __call__(self, q):
-        shape = _event_shape(q)
-        dtype = q.dtype
+        return tfd.Sample(self.element_distribution(q.dtype), _event_shape(q))
+
+    def element_distribution(self, dtype=tf.float32):
         mix = tfd.Categorical(probs=tf.constant([self.pi, 1.0 - self.pi], dtype))
         comps = tfd.Normal(tf.zeros([2], dtype), tf.constant([self.sigma1, self.sigma2], dtype))
-        element = tfd.MixtureSameFamily(mix, comps)
-        return _independent(tfd.Sample(element, shape), 0)
+        return tfd.MixtureSameFamily(mix, comps)
 
     def get_config(self):
         return {"pi": self.pi, "sigma1": self.sigma1, "sigma2": self.sigma2}
+
+
+def _softplus_inverse(x: float) -> float:
+    return float(x + math.log(-math.expm1(-x)))
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class LearnableNormal(Prior):
+    """An empirical-Bayes prior N(loc, scale²) whose scale (and optionally loc) is learned.
+
+    Each weight tensor of a Bayesian layer gets its own scalar prior scale, stored as a
+    trainable weight of that layer (`<weight>_prior_raw_scale`, through softplus) and, with
+    `learn_loc=True`, a scalar location (`<weight>_prior_loc`). Training the ELBO then
+    maximises the evidence over these hyperparameters (type-II maximum likelihood), as in
+    automatic relevance determination with one relevance per tensor. The KL against a normal
+    posterior stays in closed form.
+
+    The prior needs a layer to own its variables, so it works with the Bayesian layers
+    (`kvi.layers.DenseFlipout`, ...) but not with `Latent` layers, which call priors
+    directly.
+
+    Args:
+        loc: initial (and, unless `learn_loc`, fixed) prior mean.
+        scale: initial prior standard deviation, > 0.
+        learn_loc: whether the mean is learned as well.
+
+    Example:
+        >>> layer = kvi.layers.DenseFlipout(64, prior=kvi.priors.LearnableNormal(scale=1.0))
+    """
+
+    def __init__(self, loc: float = 0.0, scale: float = 1.0, learn_loc: bool = False):
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"LearnableNormal prior: `scale` must be a number > 0, got {scale!r}.")
+        if isinstance(loc, bool) or not isinstance(loc, (int, float)) or not math.isfinite(loc):
+            raise ValueError(f"LearnableNormal prior: `loc` must be a finite number, got {loc!r}.")
+        self.loc = float(loc)
+        self.scale = float(scale)
+        self.learn_loc = bool(learn_loc)
+
+    def bind(self, layer, name):
+        loc = layer.add_weight(
+            name=f"{name}_prior_loc",
+            shape=(),
+            initializer=keras.initializers.Constant(self.loc),
+            trainable=self.learn_loc,
+            dtype="float32",
+            autocast=False,  # float32 maths even under mixed precision
+        )
+        raw_scale = layer.add_weight(
+            name=f"{name}_prior_raw_scale",
+            shape=(),
+            initializer=keras.initializers.Constant(_softplus_inverse(self.scale)),
+            trainable=True,
+            dtype="float32",
+            autocast=False,  # float32 maths even under mixed precision
+        )
+        return _BoundLearnableNormal(loc, raw_scale)
+
+    def __call__(self, q):
+        raise ValueError(
+            "LearnableNormal prior has trainable state and must be owned by a layer that binds "
+            "it (the Bayesian layers in kvi.layers do). It cannot be used as a Latent's prior; "
+            "use kvi.priors.Normal(loc, scale) there."
+        )
+
+    def get_config(self):
+        return {"loc": self.loc, "scale": self.scale, "learn_loc": self.learn_loc}
+
+
+class _BoundLearnableNormal:
+    """The per-tensor state of a `LearnableNormal`: q -> N(loc, softplus(raw)²) elementwise."""
+
+    def __init__(self, loc, raw_scale):
+        self.loc = loc
+        self.raw_scale = raw_scale
+
+    def __call__(self, q):
+        shape = _event_shape(q)
+        element = self.element_distribution(q.dtype)
+        loc = tf.broadcast_to(element.loc, shape)
+        return _independent(tfd.Normal(loc, tf.broadcast_to(element.scale, shape)), len(shape))
+
+    def element_distribution(self, dtype=tf.float32):
+        loc = tf.cast(tf.convert_to_tensor(self.loc), dtype)
+        return tfd.Normal(loc, tf.cast(tf.nn.softplus(tf.convert_to_tensor(self.raw_scale)), dtype))
 
 
 class FixedDistribution(Prior):

@@ -5,18 +5,29 @@ from __future__ import annotations
 import keras
 
 from keras_vi.estimators import baselines
-from keras_vi.estimators.base import Estimator, is_reparameterized
-from keras_vi.estimators.reparameterization import Reparameterization, StickingTheLanding
+from keras_vi.estimators.base import Estimator, is_reparameterized, path_only_log_prob
+from keras_vi.estimators.relaxation import GumbelSoftmax
+from keras_vi.estimators.reparameterization import (
+    DoublyReparameterized,
+    Reparameterization,
+    StickingTheLanding,
+)
 from keras_vi.estimators.score_function import ScoreFunction
+from keras_vi.estimators.vimco import VIMCO, leave_one_out_bounds
 
 __all__ = [
+    "DoublyReparameterized",
     "Estimator",
+    "GumbelSoftmax",
     "Reparameterization",
     "ScoreFunction",
     "StickingTheLanding",
+    "VIMCO",
     "baselines",
     "get",
     "is_reparameterized",
+    "leave_one_out_bounds",
+    "path_only_log_prob",
     "resolve_auto",
 ]
 
@@ -24,6 +35,9 @@ _ALIASES = {
     "reparameterization": Reparameterization,
     "score_function": ScoreFunction,
     "stl": StickingTheLanding,
+    "dreg": DoublyReparameterized,
+    "vimco": VIMCO,
+    "gumbel_softmax": GumbelSoftmax,
 }
 
 

@@ -18,7 +18,20 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vi import _scope
+
 tfd = tfp.distributions
+
+
+def checks_training_setup() -> bool:
+    """Whether objective and sample-count requirements apply to the current call.
+
+    They matter where gradients are estimated: a training step, or a direct call outside any
+    model step (`kvi.expectation`). Evaluation (`evaluate`, `kvi.log_likelihood` with its own
+    objective and K, `predict`) only needs q to be compatible with the estimator.
+    """
+    scope = _scope.current_scope()
+    return scope is None or bool(scope.training)
 
 
 def is_reparameterized(q: tfd.Distribution) -> bool:
@@ -38,27 +51,55 @@ def path_only_log_prob(q: tfd.Distribution, z: tf.Tensor) -> tf.Tensor:
 class Estimator:
     """Base class of gradient estimators.
 
-    Subclasses set the class attributes below and override what differs.
+    Subclasses set the class attributes below and override what differs: `sample` (how z
+    is drawn), `log_prob` (the log q(z) in the objective's value; same number for every
+    estimator), `surrogate` (a scalar whose gradient joins the objective's, value removed).
+    Register subclasses with `keras.saving.register_keras_serializable` and give them a
+    `get_config` so models that use them can be saved.
 
     Attributes:
         alias: the string name accepted wherever an estimator is.
         pathwise: z carries a reparameterization gradient.
         needs_path_gradient: the model must provide d log w / dz (DReG).
+        needs_sample_kl: the latent's KL must be the per-sample log q(z) - log p(z) (STL,
+            DReG), never a closed form, because the estimator changes how log q(z) is
+            differentiated.
+        requires_analytic_kl: the latent's KL must be the closed form (Gumbel-softmax: the
+            relaxed sample has no density under the categorical q).
         requires_objective: "iwae" for multi-sample estimators, else None.
+        baseline: a `keras_vi.estimators.baselines.Baseline` (a Keras layer the latent layer
+            tracks and saves), or None. A baseline holds state for one latent: give each
+            latent its own estimator object when baselines are involved.
+
+    Example:
+        >>> @keras.saving.register_keras_serializable(package="my_project")
+        ... class ScaledScore(kvi.estimators.ScoreFunction):
+        ...     def learning_signal(self, record, signals):
+        ...         return 0.5 * signals.learning_signal(record)
     """
 
     alias: str = ""
     pathwise: bool = False
     needs_path_gradient: bool = False
+    needs_sample_kl: bool = False
+    requires_analytic_kl: bool = False
     requires_objective: str | None = None
     baseline: Any = None
 
-    def validate(self, q: tfd.Distribution, *, objective: str, num_samples: int) -> None:
-        """Raises ValueError when this estimator cannot serve q under this objective."""
-        if self.requires_objective is not None and objective != self.requires_objective:
+    def validate(self, q: tfd.Distribution, *, objective: str | None, num_samples: int) -> None:
+        """Raises ValueError when this estimator cannot serve q under this objective.
+
+        `objective` is the model's (`"elbo"` or `"iwae"`), or the `objective` given to
+        `kvi.expectation` (None there means a plain Monte Carlo mean of `fn`). Requirements on
+        the objective and K are checked only where gradients are estimated (see
+        `checks_training_setup`); q's compatibility is always checked.
+        """
+        strict = checks_training_setup()
+        if strict and self.requires_objective is not None and objective != self.requires_objective:
             raise ValueError(
-                f"estimator={type(self).__name__}() needs objective={self.requires_objective!r}, "
-                f"got objective={objective!r}."
+                f"estimator={type(self).__name__}() needs objective={self.requires_objective!r} "
+                "(kvi.VariationalModel(objective='iwae', num_samples=K) or "
+                f"kvi.expectation(..., objective='iwae')), got objective={objective!r}."
             )
         if self.pathwise and not is_reparameterized(q):
             raise ValueError(
@@ -66,8 +107,8 @@ class Estimator:
                 f"{type(q).__name__} has reparameterization_type="
                 f"{q.reparameterization_type}. Use estimator='score_function' (or 'auto')."
             )
-        if self.baseline is not None:
-            self.baseline.validate(num_samples=num_samples)
+        if strict and self.baseline is not None:
+            self.baseline.validate(num_samples=num_samples, objective=objective)
 
     def sample(self, q: tfd.Distribution, seed: tf.Tensor, sample_shape=()) -> tf.Tensor:
         z = q.sample(sample_shape, seed=seed)

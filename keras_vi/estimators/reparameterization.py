@@ -1,8 +1,9 @@
-"""Pathwise (reparameterization) gradients."""
+"""Pathwise (reparameterization) gradients: plain, sticking-the-landing, doubly reparameterized."""
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from keras_vi.estimators.base import Estimator, path_only_log_prob
 
@@ -28,7 +29,11 @@ class StickingTheLanding(Estimator):
 
     The value is the ordinary ELBO; in the gradient, log q(z) is differentiated only through
     z, so the estimator has zero variance when q equals the exact posterior. It needs the
-    per-sample log q(z), so the latent's KL is estimated by Monte Carlo.
+    per-sample log q(z), so the latent's KL is estimated by Monte Carlo (`kl="auto"` and
+    `kl="analytic"` are overridden by the one-sample estimate at the layer's own z).
+
+    Unbiased for the ELBO. Under `objective="iwae"` with K > 1 it is biased (Tucker et al.
+    2019); use `DoublyReparameterized()` there.
 
     Example:
         >>> latent = kvi.layers.NormalLatent(16, estimator="stl")
@@ -36,6 +41,57 @@ class StickingTheLanding(Estimator):
 
     alias = "stl"
     pathwise = True
+    needs_sample_kl = True
 
     def log_prob(self, q, z):
         return path_only_log_prob(q, z)
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class DoublyReparameterized(Estimator):
+    """DReG (Tucker et al. 2019): the doubly reparameterized gradient of the IWAE bound.
+
+    For q's parameters phi the gradient is sum_k w_k^2 d log w_k / d z_k  d z_k / d phi (w the
+    normalised importance weights, log q differentiated through z only), whose signal-to-noise
+    ratio grows with K where the plain IWAE gradient's shrinks (Rainforth et al. 2018). The
+    model's other parameters keep the ordinary IWAE gradient sum_k w_k grad log w_k.
+
+    It is built from the plain IWAE gradient (which carries w_k on the z path) plus the
+    correction sum_k stop((w_k^2 - w_k) d log w_k / d z_k) . z_k; `VariationalModel` provides
+    d log w / d z by watching z with a gradient tape during the forward pass. Unbiased.
+
+    Needs `objective="iwae"` and a reparameterizable q. Latents using DReG must not depend on
+    one another's samples (a ValueError says so), and layers that mix the rows of a batch
+    (BatchNormalization in training mode) make d log w_k / d z_k include cross-sample terms.
+
+    Example:
+        >>> z = kvi.layers.NormalLatent(16, estimator="dreg")(h)
+        >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli",
+        ...                            objective="iwae", num_samples=16)
+    """
+
+    alias = "dreg"
+    pathwise = True
+    needs_path_gradient = True
+    needs_sample_kl = True
+    requires_objective = "iwae"
+
+    def log_prob(self, q, z):
+        return path_only_log_prob(q, z)
+
+    def surrogate(self, record, signals):
+        gradient = signals.path_gradient(record)  # d sum(log w) / dz, shaped like z
+        z = record.z
+        weights = tf.stop_gradient(signals.normalized_weights)
+        coefficient = weights * weights - weights  # [K, B] (or [S, ...] in kvi.expectation)
+        event_rank = len(record.q.event_shape)
+        sample_rank = z.shape.rank - event_rank
+        coefficient = tf.reshape(coefficient, tf.shape(z)[:sample_rank])
+        coefficient = tf.reshape(
+            coefficient, tf.concat([tf.shape(coefficient), tf.ones([event_rank], tf.int32)], 0)
+        )
+        correction = tf.stop_gradient(coefficient * tf.cast(gradient, coefficient.dtype))
+        per_sample = tf.reduce_sum(
+            correction * tf.cast(z, correction.dtype), axis=list(range(sample_rank, z.shape.rank))
+        )
+        return signals.reduce_samples(signals.to_samples(per_sample))

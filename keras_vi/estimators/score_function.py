@@ -17,8 +17,9 @@ class ScoreFunction(Estimator):
     (ELBO) or the bound of the example (IWAE); a baseline b reduces variance without bias.
 
     Args:
-        baseline: None, or a `keras_vi.estimators.baselines.Baseline`, e.g.
-            `MovingAverage(decay)`.
+        baseline: None, or a `keras_vi.estimators.baselines.Baseline`: `MovingAverage(decay)`,
+            `LeaveOneOut()` (needs `num_samples >= 2`, objective "elbo"), or
+            `Learned(network, centering=MovingAverage())` (NVIL).
 
     Example:
         >>> est = kvi.estimators.ScoreFunction(
@@ -39,11 +40,18 @@ class ScoreFunction(Estimator):
         signal = tf.stop_gradient(self.learning_signal(record, signals))
         auxiliary = None
         if self.baseline is not None:
-            baseline, auxiliary = self.baseline.compute(signal, record.inputs, signals.training)
-            signal = signal - tf.stop_gradient(baseline)
+            signal, auxiliary = self.baseline.apply(signal, record.inputs, signals.training)
+            signal = tf.stop_gradient(signal)
         log_q = signals.score_log_prob(record)
         term = signals.reduce_samples(signal * log_q)
-        return term if auxiliary is None else term + auxiliary
+        if auxiliary is None:
+            return term
+        # The auxiliary objective (training a learned baseline) is to be maximised; flip it
+        # when the caller minimises the value (kvi.expectation(..., maximize=False)).
+        return term + (auxiliary if getattr(signals, "maximize", True) else -auxiliary)
+
+    def __repr__(self) -> str:
+        return f"ScoreFunction(baseline={self.baseline!r})"
 
     def get_config(self):
         baseline = self.baseline

@@ -1,5 +1,31 @@
 """Keras layers: latent variables and Bayesian layers."""
 
+from keras_vi.layers.bayesian import BayesianLayer
+from keras_vi.layers.bayesian_conv import (
+    Conv2DFlipout,
+    Conv2DLocalReparameterization,
+    Conv2DReparameterization,
+)
+from keras_vi.layers.bayesian_dense import (
+    DenseFlipout,
+    DenseLocalReparameterization,
+    DenseReparameterization,
+)
 from keras_vi.layers.latent import BernoulliLatent, CategoricalLatent, Latent, NormalLatent
+from keras_vi.layers.relaxed import RelaxedCategoricalLatent, RelaxedUniform
 
-__all__ = ["Latent", "NormalLatent", "BernoulliLatent", "CategoricalLatent"]
+__all__ = [
+    "Latent",
+    "NormalLatent",
+    "BernoulliLatent",
+    "CategoricalLatent",
+    "RelaxedCategoricalLatent",
+    "RelaxedUniform",
+    "BayesianLayer",
+    "DenseReparameterization",
+    "DenseFlipout",
+    "DenseLocalReparameterization",
+    "Conv2DReparameterization",
+    "Conv2DFlipout",
+    "Conv2DLocalReparameterization",
+]

@@ -24,7 +24,7 @@ __all__ = [
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
-class Latent(keras.layers.Layer):
+class Latent(_random.SeedStateMixin, keras.layers.Layer):
     """A stochastic layer: parameters in, a sample z ~ q(z | parameters) out.
 
     Inside a `kvi.VariationalModel`'s training or evaluation step, the layer also records q,

@@ -1,0 +1,281 @@
+"""Logs the variance of the training gradient to TensorBoard every N steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_vi import diagnostics
+from keras_vi.callbacks import _summary
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclasses.dataclass
+class _Run:
+    """One estimator's TensorBoard run and the variables its in-graph estimates land in."""
+
+    run: str
+    spec: Any
+    extra_state: list
+    total_variance: tf.Variable
+    variance: tf.Variable
+    mean_norm: tf.Variable
+    snr: tf.Variable
+    step: tf.Variable
+    written: int = -1  # the last step written, so a result is never written twice
+
+
+@dataclasses.dataclass
+class _Compiled:
+    """The train function with diagnostics built for one model, reused across `fit` calls."""
+
+    model: Any
+    original: Any  # the model's train function without diagnostics
+    wrapped: Any
+    train_step: Any
+    runs: list
+
+
+@keras.saving.register_keras_serializable(package="keras_vi")
+class GradientVarianceLogger(keras.callbacks.Callback):
+    """Writes the spread of the ELBO's gradient estimates to TensorBoard every N steps.
+
+    At every step that is a multiple of `every_n_steps` (the optimizer's iteration count,
+    step 0 included), inside the compiled training step and before the weights are updated,
+    the callback draws `num_estimates` independent gradient estimates of the training loss on
+    that step's batch and writes, with that step as the x axis:
+
+    * `gradients/total_variance`: sum over all weights of the per-weight gradient variance;
+    * `gradients/mean_norm`: mean global L2 norm of the estimates;
+    * `gradients/snr`: `||mean gradient|| / sqrt(total_variance)`;
+    * `gradient_variance/<variable path>`: the variance summed over one variable's weights.
+
+    The model's own estimators are written to the `log_dir/train` run (beside
+    `keras.callbacks.TensorBoard`'s scalars); each entry of `estimators` to its own run
+    `log_dir/train_<name>`, on the same batches and the same noise, so the curves overlay.
+
+    Logging does not change training: the estimates use noise from the callback's own
+    stateless seeds (derived from `seed` and the step), and every piece of model state the
+    forward passes touch (seed generators, moving-average baselines, batch-norm statistics)
+    is restored, so the weights after `fit` are bit-identical with and without the logger.
+    The work is one extra forward and backward pass per estimate, on logged steps only.
+    With `steps_per_execution` above `every_n_steps`, only the last logged step of each
+    execution is written.
+
+    Args:
+        log_dir: the TensorBoard log directory (share it with `keras.callbacks.TensorBoard`).
+        every_n_steps: log on every step that is a multiple of this (>= 1).
+        num_estimates: independent estimates per logged step (>= 2).
+        estimators: None, or a dict `{name: estimator}` of alternative estimators to log
+            side by side; each value is an estimator or alias applied to every latent, or a
+            dict `{latent_name: estimator}`. Names become run names (letters, digits, `_.-`).
+            A swapped-in estimator's own state (e.g. a `MovingAverage` baseline) is updated
+            once per logged step from the batch; a `Learned` baseline is not trained.
+        seed: int for reproducible logging noise; None draws a fresh one.
+
+    Example:
+        >>> logger = kvi.callbacks.GradientVarianceLogger(
+        ...     "logs", every_n_steps=100, num_estimates=8,
+        ...     estimators={"score_function": "score_function"})
+        >>> vae.fit(x_train, epochs=10,
+        ...         callbacks=[keras.callbacks.TensorBoard("logs"), logger])
+    """
+
+    def __init__(
+        self,
+        log_dir,
+        every_n_steps: int = 100,
+        num_estimates: int = 8,
+        estimators: dict | None = None,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        owner = "GradientVarianceLogger"
+        self.log_dir = _summary.check_log_dir(log_dir, owner)
+        self.every_n_steps = diagnostics.check_int(every_n_steps, "every_n_steps", owner)
+        self.num_estimates = diagnostics.check_int(num_estimates, "num_estimates", owner, 2)
+        if estimators is not None and not isinstance(estimators, dict):
+            raise ValueError(
+                f"{owner}: `estimators` must be None or a dict {{name: estimator}}, got "
+                f"{type(estimators).__name__}."
+            )
+        self.estimators = {}
+        for name, spec in (estimators or {}).items():
+            if not isinstance(name, str) or not _RUN_NAME.match(name):
+                raise ValueError(
+                    f"{owner}: `estimators` names become TensorBoard run names and must match "
+                    f"[A-Za-z0-9_.-]+, got {name!r}."
+                )
+            self.estimators[name] = diagnostics.resolve_estimators(spec, owner)
+        self.seed = diagnostics.check_seed(seed, owner)
+        self._writers = _summary.Writers(self.log_dir)
+        self._compiled = None
+        self._pending = False
+
+    # ------------------------------------------------------------------ set-up
+    def _make_runs(self, model) -> list[_Run]:
+        n = len(model.trainable_variables)
+        specs = [(_summary.TRAIN, None)] + [
+            (f"{_summary.TRAIN}_{name}", spec) for name, spec in self.estimators.items()
+        ]
+        runs = []
+        for run, spec in specs:
+            diagnostics.check_latent_names(model, spec, "GradientVarianceLogger")
+            runs.append(
+                _Run(
+                    run=run,
+                    spec=spec,
+                    extra_state=diagnostics.prepare_estimators(model, spec),
+                    total_variance=tf.Variable(0.0, trainable=False),
+                    variance=tf.Variable(tf.zeros([n]), trainable=False),
+                    mean_norm=tf.Variable(0.0, trainable=False),
+                    snr=tf.Variable(0.0, trainable=False),
+                    step=tf.Variable(-1, dtype=tf.int64, trainable=False),
+                )
+            )
+        return runs
+
+    def _make_train_step(self, model, runs):
+        """The model's train_step, preceded on logged steps by the gradient estimates."""
+        train_step = model.train_step
+        every, num_estimates = self.every_n_steps, self.num_estimates
+        base_seed = tf.constant([self.seed, 0], dtype=tf.int32)
+
+        def log_step(x, y, step):
+            kl_weight = None
+            schedule = getattr(model, "_kl_schedule", None)
+            if schedule is not None:  # what train_step is about to assign for this step
+                kl_weight = tf.cast(schedule(step), tf.float32)
+            seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+            for run in runs:  # the same seed for every run: common random numbers
+                with diagnostics.estimator_override(model, run.spec):
+                    out = diagnostics.gradient_moments(
+                        model,
+                        x,
+                        y,
+                        num_estimates=num_estimates,
+                        seed=seed,
+                        kl_weight=kl_weight,
+                        extra_state=run.extra_state,
+                    )
+                run.total_variance.assign(out["total_variance"])
+                run.variance.assign(out["variance"])
+                run.mean_norm.assign(out["mean_norm"])
+                run.snr.assign(out["snr"])
+                run.step.assign(step)
+            return tf.constant(0)
+
+        def step_with_diagnostics(data):
+            x, y = model._unpack(data)
+            step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations), tf.int64)
+            tf.cond(
+                tf.equal(step % every, 0),
+                lambda: log_step(x, y, step),
+                lambda: tf.constant(0),
+            )
+            return train_step(data)
+
+        return step_with_diagnostics
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        diagnostics.check_variational(model, "GradientVarianceLogger")
+        if model.distribute_strategy.num_replicas_in_sync > 1:
+            raise ValueError("GradientVarianceLogger supports single-replica training only.")
+        if not model.trainable_variables:
+            raise ValueError("GradientVarianceLogger: the model has no trainable variables.")
+        if model.train_function is None:
+            model.make_train_function()
+        cached = self._compiled
+        if (
+            cached is None
+            or cached.model is not model
+            or cached.original is not model.train_function
+        ):
+            runs = self._make_runs(model)
+            step_fn = self._make_train_step(model, runs)
+            original = model.train_function
+            model.train_step = step_fn
+            model.make_train_function(force=True)
+            cached = self._compiled = _Compiled(
+                model, original, model.train_function, step_fn, runs
+            )
+        else:
+            model.train_step = cached.train_step
+            model.train_function = cached.wrapped
+        # While training, `model.train_step` stays shadowed, so a train function rebuilt by
+        # another callback (e.g. KLAnnealing) still carries the diagnostics.
+        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._step = _summary.global_step(model)
+        self._next_log = -(-self._step // self.every_n_steps) * self.every_n_steps
+        self._pending = False
+
+    # ------------------------------------------------------------------ per step
+    def on_train_batch_begin(self, batch, logs=None):
+        # Python-side bookkeeping only: the estimates run inside the compiled step; their
+        # results are read back once, after a logged step has run.
+        if self._pending:
+            self._write()
+        end = self._step + self._steps_per_execution
+        if self._next_log < end:
+            self._pending = True
+            self._next_log = -(-end // self.every_n_steps) * self.every_n_steps
+        self._step = end
+
+    def _write(self):
+        self._pending = False
+        names = diagnostics.variable_names(self.model.trainable_variables)
+        for run in self._compiled.runs:
+            step = int(run.step.numpy())
+            if step == run.written:
+                continue
+            run.written = step
+            with self._writers[run.run].as_default(step=step):
+                tf.summary.scalar("gradients/total_variance", run.total_variance)
+                tf.summary.scalar("gradients/mean_norm", run.mean_norm)
+                tf.summary.scalar("gradients/snr", run.snr)
+                for name, value in zip(names, tf.unstack(run.variance)):
+                    tf.summary.scalar(f"gradient_variance/{name}", value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._pending:
+            self._write()
+        self._writers.flush()
+
+    def on_train_end(self, logs=None):
+        if self._pending:
+            self._write()
+        model, cached = self.model, self._compiled
+        if cached is not None and vars(model).get("train_step") is cached.train_step:
+            del model.train_step
+            if model.train_function is cached.wrapped:
+                model.train_function = cached.original
+            else:  # rebuilt by another callback while the diagnostics were in place
+                model.make_train_function(force=True)
+        self._writers.close()
+
+    def get_config(self):
+        return {
+            "log_dir": self.log_dir,
+            "every_n_steps": self.every_n_steps,
+            "num_estimates": self.num_estimates,
+            "estimators": {
+                name: (
+                    {k: keras.saving.serialize_keras_object(v) for k, v in spec.items()}
+                    if isinstance(spec, dict)
+                    else keras.saving.serialize_keras_object(spec)
+                )
+                for name, spec in self.estimators.items()
+            }
+            or None,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> GradientVarianceLogger:
+        return cls(**config)
