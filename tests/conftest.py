@@ -49,3 +49,82 @@ def small_vae(latent_units=4, width=20, hidden=32, latent=None, params_width=Non
     logits = keras.layers.Dense(width)(keras.layers.Dense(hidden, activation="relu")(z))
     model_kwargs.setdefault("likelihood", "bernoulli")
     return kvi.VariationalModel(inputs, logits, **model_kwargs)
+
+
+def estimator_matrix():
+    """(id, latent factory, params width, model kwargs): every estimator with its objective.
+
+    Factories, so each test builds fresh layers (and baselines) inside its own scope.
+    """
+    import keras_vi as kvi
+
+    est, base = kvi.estimators, kvi.estimators.baselines
+
+    def learned():
+        return est.ScoreFunction(
+            base.Learned(keras.layers.Dense(1), centering=base.MovingAverage())
+        )
+
+    return [
+        ("reparameterization", lambda: kvi.layers.NormalLatent(4, name="z"), 8, {}),
+        ("stl", lambda: kvi.layers.NormalLatent(4, name="z", estimator="stl"), 8, {}),
+        (
+            "iwae-reparameterization",
+            lambda: kvi.layers.NormalLatent(4, name="z"),
+            8,
+            {"objective": "iwae", "num_samples": 3},
+        ),
+        (
+            "dreg",
+            lambda: kvi.layers.NormalLatent(4, name="z", estimator="dreg"),
+            8,
+            {"objective": "iwae", "num_samples": 3},
+        ),
+        (
+            "score_function",
+            lambda: kvi.layers.BernoulliLatent(6, name="z", estimator="score_function"),
+            6,
+            {},
+        ),
+        ("moving_average", lambda: kvi.layers.BernoulliLatent(6, name="z"), 6, {}),
+        (
+            "leave_one_out",
+            lambda: kvi.layers.BernoulliLatent(
+                6, name="z", estimator=est.ScoreFunction(base.LeaveOneOut())
+            ),
+            6,
+            {"num_samples": 3},
+        ),
+        ("nvil", lambda: kvi.layers.BernoulliLatent(6, name="z", estimator=learned()), 6, {}),
+        (
+            "vimco",
+            lambda: kvi.layers.BernoulliLatent(6, name="z", estimator="vimco"),
+            6,
+            {"objective": "iwae", "num_samples": 3},
+        ),
+        (
+            "gumbel_softmax",
+            lambda: kvi.layers.CategoricalLatent(
+                3, num_variables=2, name="z", estimator=est.GumbelSoftmax(0.5)
+            ),
+            6,
+            {},
+        ),
+        (
+            "straight_through",
+            lambda: kvi.layers.CategoricalLatent(
+                3,
+                num_variables=2,
+                name="z",
+                estimator=est.GumbelSoftmax(0.5, straight_through=True),
+            ),
+            6,
+            {},
+        ),
+        (
+            "relaxed_categorical",
+            lambda: kvi.layers.RelaxedCategoricalLatent(4, temperature=0.5, name="z"),
+            4,
+            {},
+        ),
+    ]

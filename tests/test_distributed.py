@@ -15,7 +15,7 @@ import tensorflow_probability as tfp
 
 import keras_vi as kvi
 
-from conftest import small_vae
+from conftest import estimator_matrix, small_vae
 
 tfd = tfp.distributions
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -87,40 +87,27 @@ def test_replicas_draw_independent_noise():
     np.testing.assert_array_equal(states[0], states[1])  # the generator stays mirrored
 
 
-ESTIMATOR_CASES = [
-    ("reparameterization", "elbo", 1),
-    ("stl", "elbo", 1),
-    ("reparameterization", "iwae", 3),
-]
+CASES = estimator_matrix()
 
 
-@pytest.mark.parametrize("estimator,objective,num_samples", ESTIMATOR_CASES)
-def test_mirrored_trains_every_estimator(binary_data, estimator, objective, num_samples):
+@pytest.mark.parametrize("name,make_latent,width,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_mirrored_trains_every_estimator(binary_data, name, make_latent, width, kwargs):
     with mirrored().scope():
-        latent = kvi.layers.NormalLatent(4, name="z", estimator=estimator)
-        model = small_vae(
-            latent=latent, params_width=8, objective=objective, num_samples=num_samples
-        )
+        model = small_vae(latent=make_latent(), params_width=width, **kwargs)
         model.compile(optimizer=keras.optimizers.Adam(0.01))
-    history = model.fit(binary_data, epochs=3, batch_size=64, verbose=0).history
+    history = model.fit(binary_data[:128], epochs=3, batch_size=32, verbose=0).history
     assert all(math.isfinite(v) for v in history["loss"])
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_mirrored_score_function_with_moving_average(binary_data):
+def test_mirrored_moving_average_state_is_finite_and_tracks_the_signal(binary_data):
     with mirrored().scope():
         latent = kvi.layers.BernoulliLatent(6, name="bits")
         model = small_vae(latent=latent, params_width=6)
         model.compile(optimizer=keras.optimizers.Adam(0.01))
-    history = model.fit(binary_data, epochs=4, batch_size=64, verbose=0).history
-    assert history["loss"][-1] < history["loss"][0]
-    average = latent.baseline.average
-    values = (
-        [float(v.numpy()) for v in tf.distribute.get_strategy().experimental_local_results(average)]
-        if hasattr(average, "values")
-        else [float(average.numpy())]
-    )
-    assert all(math.isfinite(v) and v < 0 for v in values)  # it tracks the (negative) ELBO
+    model.fit(binary_data, epochs=2, batch_size=64, verbose=0)
+    average = float(latent.baseline.average.numpy())
+    assert math.isfinite(average) and average < 0  # it tracks the (negative) ELBO
 
 
 def free_port():
