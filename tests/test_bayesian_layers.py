@@ -193,7 +193,7 @@ def _scale_mixture_reference(mu, sigma, pi, s1, s2, n=200_000, seed=0):
 def test_scale_mixture_monte_carlo_kl_is_unbiased():
     pi, s1, s2 = 0.5, 1.0, 0.05
     layer = L.DenseLocalReparameterization(
-        2, prior=kvi.priors.ScaleMixture(pi=pi, sigma1=s1, sigma2=s2)
+        2, prior=kvi.priors.ScaleMixture(pi=pi, sigma1=s1, sigma2=s2), kl_samples=20
     )
     layer(_input(L.DenseLocalReparameterization))  # kernel 4x2 + bias 2
     _randomize_posterior(layer, seed=5)
@@ -203,7 +203,8 @@ def test_scale_mixture_monte_carlo_kl_is_unbiased():
         reference += value
         reference_se = math.hypot(reference_se, se)
     estimate = tf.function(lambda seed: layer.weight_kl(seed))
-    draws = np.array([float(estimate(tf.constant([i, 17]))) for i in range(2000)])
+    # Each estimate averages kl_samples=20 draws (the log-ratio is heavy-tailed).
+    draws = np.array([float(estimate(tf.constant([i, 17]))) for i in range(1000)])
     se = math.hypot(draws.std(ddof=1) / math.sqrt(len(draws)), reference_se)
     assert abs(draws.mean() - reference) < 4 * se, (draws.mean(), reference, se)
     assert draws.std() > 0.1  # really a Monte Carlo estimate, not a constant
@@ -256,11 +257,11 @@ def test_fit_infers_num_examples_or_asks_for_it(regression_data):
     assert float(model._num_examples_var) == N_TRAIN
     endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
     with pytest.raises(ValueError, match="num_examples"):
-        model.fit(endless, steps_per_epoch=2, epochs=1, verbose=0)
+        model.fit(endless, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
     # Not needed without Bayesian layers.
     plain = kvi.VariationalModel(inputs, keras.layers.Dense(1)(inputs), likelihood="normal")
     plain.compile(optimizer="adam")
-    plain.fit(endless, steps_per_epoch=2, epochs=1, verbose=0)
+    plain.fit(endless, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
 
 
 @pytest.fixture(scope="module")

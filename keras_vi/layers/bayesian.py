@@ -97,7 +97,7 @@ def _serialize_prior(prior: Any) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
-class BayesianLayer(keras.layers.Layer):
+class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
     """Base class of the Bayesian layers: posteriors, priors, the weight KL and its reporting.
 
     Subclasses create their weights in `build` with `add_posterior(...)` and, in `call`,
