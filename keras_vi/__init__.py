@@ -1,7 +1,8 @@
 """keras_vi: variational inference as a first-class citizen of Keras 3 on TensorFlow."""
 
-from keras_vi import diagnostics, divergences, estimators, layers, priors, schedules
+from keras_vi import diagnostics, divergences, errors, estimators, layers, priors, schedules
 from keras_vi.diagnostics import gradient_variance
+from keras_vi.errors import NonFiniteError
 from keras_vi.expectation import expectation
 from keras_vi.inference import log_likelihood
 from keras_vi.model import VariationalModel
@@ -12,10 +13,12 @@ __version__ = "0.1.0"
 from keras_vi import callbacks  # noqa: E402  (imports the model; keep last)
 
 __all__ = [
+    "NonFiniteError",
     "VariationalModel",
     "callbacks",
     "diagnostics",
     "divergences",
+    "errors",
     "estimators",
     "expectation",
     "gradient_variance",

@@ -440,7 +440,7 @@ class VariationalModel(keras.Model):
             first = tf.nest.map_structure(lambda t: t[:batch_size], y_pred)
             self._compile_metrics.update_state(y, first)
 
-    def _logs(self):
+    def _logs(self, **extra):
         logs = {}
         for metric in self.metrics:
             result = metric.result()
@@ -448,6 +448,7 @@ class VariationalModel(keras.Model):
                 logs.update(result)
             else:
                 logs[metric.name] = result
+        logs.update(extra)
         if _in_multi_worker_mode():
             # Keras 3 reduces multi-worker logs with MEAN over axis 0, which fails on scalars
             # (tensorflow/tensorflow#72388). The metrics are already synchronised across
@@ -483,9 +484,7 @@ class VariationalModel(keras.Model):
             variable.assign(tf.where(ok, variable.value, saved))
         self._record_skip(ok, term_names, term_ok)
         self._update_metrics(out, x, y, batch_size, ok=ok)
-        logs = self._logs()
-        logs["skipped_steps"] = self._skipped_steps.result()
-        return logs
+        return self._logs(skipped_steps=self._skipped_steps.result())
 
     def _baseline_state(self) -> list:
         """Non-trainable state of the latents' baselines (restored when a step is skipped)."""
