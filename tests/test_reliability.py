@@ -8,7 +8,7 @@ import tensorflow_probability as tfp
 
 import keras_vi as kvi
 
-from conftest import small_vae
+from conftest import InterruptAt, small_vae
 
 tfd = tfp.distributions
 
@@ -120,16 +120,6 @@ def test_scales_are_floored_against_softplus_underflow():
 
 
 # ----------------------------------------------------------------- interruption
-class InterruptAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
-            raise RuntimeError("simulated interruption")
-
-
 def test_mid_epoch_interruption_resumes_exactly(binary_data, tmp_path):
     data = binary_data[:256]  # 8 steps an epoch at batch 32
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_vi as kvi
 
-from conftest import small_vae
+from conftest import InterruptAt, small_vae
 
 
 def test_schedule_values():
@@ -76,16 +76,6 @@ def test_model_level_schedule(binary_data):
     model.compile(optimizer="adam")
     history = run(model, binary_data[:128], [], epochs=2)
     assert history["kl_weight"] == pytest.approx([np.mean([0, 0.25, 0.5, 0.75]), 1.0])
-
-
-class InterruptAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
-            raise RuntimeError("simulated interruption")
 
 
 def test_annealing_resumes_after_backup_and_restore(binary_data, tmp_path):
