@@ -42,7 +42,11 @@ def has_analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> bool:
 
 
 def _describe(d: tfd.Distribution) -> str:
-    name = type(d).__name__
+    # Name the TFP family (keras_vi's PhiloxNormal is a tfd.Normal to the user).
+    tfp_class = next(
+        c for c in type(d).__mro__ if c.__module__.startswith("tensorflow_probability")
+    )
+    name = tfp_class.__name__
     inner = getattr(d, "distribution", None)
     if isinstance(inner, tfd.Distribution):
         return f"{name}({_describe(inner)})"

@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import samplers
 
 from keras_vi import _random, _scope, divergences, estimators, priors
 
@@ -203,6 +204,24 @@ def _check_positive_int(value, name: str, owner: str) -> int:
     return value
 
 
+class PhiloxNormal(tfd.Normal):
+    """`tfd.Normal` whose draws use the Philox stateless generator.
+
+    TensorFlow's default stateless algorithm is an order of magnitude slower than Philox
+    under XLA on CPU (6.6 ms against 0.5 ms for 128 x 32 normals here), which made the
+    sampling alone cost a tenth of a VAE step. Same distribution, same closed-form KLs
+    (registered for `tfd.Normal`), reparameterized: z = loc + scale * eps.
+    """
+
+    def _sample_n(self, n, seed=None):
+        loc = tf.convert_to_tensor(self.loc)
+        scale = tf.convert_to_tensor(self.scale)
+        shape = tf.concat([[n], self._batch_shape_tensor(loc=loc, scale=scale)], axis=0)
+        seed = samplers.sanitize_seed(seed, salt="keras_vi_normal")
+        eps = tf.random.stateless_normal(shape, seed, dtype=self.dtype, alg="philox")
+        return eps * scale + loc
+
+
 @keras.saving.register_keras_serializable(package="keras_vi")
 class NormalLatent(Latent):
     """A diagonal Gaussian latent of `units` dimensions, standard-normal prior by default.
@@ -233,7 +252,7 @@ class NormalLatent(Latent):
     def make_distribution(self, inputs):
         loc, raw_scale = tf.split(inputs, 2, axis=-1)
         scale = tf.nn.softplus(raw_scale) + self.min_scale
-        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+        return tfd.Independent(PhiloxNormal(loc, scale), reinterpreted_batch_ndims=1)
 
     def get_config(self):
         config = super().get_config()
