@@ -46,31 +46,20 @@ def log_likelihood(
     if batch_size is None:
         batch_size = max(1, 20000 // num_samples)
 
-    @tf.function
+    # With one sample the IWAE bound is the single-sample ELBO (IWAE needs K >= 2).
+    objective = "iwae" if num_samples > 1 else "elbo"
+
+    @tf.function(jit_compile=jit_compile)
     def bound(xb, yb):
         out = model.compute_objective(
             xb,
             yb,
             training=False,
             num_samples=num_samples,
-            objective="iwae",
+            objective=objective,
             kl_weight=tf.constant(1.0),
         )
         return out["bound"]
-
-    if num_samples == 1:
-        # One sample: the IWAE bound is the single-sample ELBO.
-        @tf.function(jit_compile=jit_compile)
-        def bound(xb, yb):  # noqa: F811
-            out = model.compute_objective(
-                xb,
-                yb,
-                training=False,
-                num_samples=1,
-                objective="elbo",
-                kl_weight=tf.constant(1.0),
-            )
-            return out["bound"]
 
     results = []
     for start in range(0, n, batch_size):

@@ -310,11 +310,12 @@ class CategoricalLatent(Latent):
         self, num_classes: int, num_variables: int | None = None, prior: Any = "uniform", **kwargs
     ):
         super().__init__(prior=prior, **kwargs)
-        self.num_classes = _check_positive_int(num_classes, "num_classes", "CategoricalLatent")
+        owner = type(self).__name__
+        self.num_classes = _check_positive_int(num_classes, "num_classes", owner)
         self.num_variables = (
             None
             if num_variables is None
-            else _check_positive_int(num_variables, "num_variables", "CategoricalLatent")
+            else _check_positive_int(num_variables, "num_variables", owner)
         )
 
     def build(self, input_shape):
@@ -331,7 +332,10 @@ class CategoricalLatent(Latent):
         return q if self.num_variables is None else tfd.Independent(q, 1)
 
     def call(self, inputs, training=None):
-        z = super().call(inputs, training=training)
+        return self._flatten(super().call(inputs, training=training))
+
+    def _flatten(self, z):
+        """[batch, V, classes] samples -> [batch, V * classes] (one variable: unchanged)."""
         if self.num_variables is None:
             return z
         return tf.reshape(z, [-1, self.num_variables * self.num_classes])

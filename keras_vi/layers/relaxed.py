@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_vi import priors
-from keras_vi.layers.latent import Latent, _check_positive_int, _check_width
+from keras_vi.layers.latent import CategoricalLatent, Latent
 
 tfd = tfp.distributions
 
@@ -56,7 +56,7 @@ class RelaxedUniform(priors.Prior):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
-class RelaxedCategoricalLatent(Latent):
+class RelaxedCategoricalLatent(CategoricalLatent):
     """Categorical latents relaxed to the Concrete distribution, trained pathwise.
 
     q is the Concrete (Gumbel-softmax) distribution itself, not a categorical: it is fully
@@ -97,46 +97,23 @@ class RelaxedCategoricalLatent(Latent):
             prior_temperature = _check_temperature(prior_temperature, "prior_temperature", owner)
         if isinstance(prior, str) and prior == "relaxed_uniform":
             prior = RelaxedUniform(temperature if prior_temperature is None else prior_temperature)
-        super().__init__(prior=prior, **kwargs)
-        self.num_classes = _check_positive_int(num_classes, "num_classes", owner)
-        self.num_variables = (
-            None
-            if num_variables is None
-            else _check_positive_int(num_variables, "num_variables", owner)
-        )
+        super().__init__(num_classes, num_variables=num_variables, prior=prior, **kwargs)
         self.temperature = temperature
         self.prior_temperature = prior_temperature
 
-    def build(self, input_shape):
-        _check_width(self, input_shape, self.num_classes * (self.num_variables or 1), "logits")
-        super().build(input_shape)
-
     def make_distribution(self, inputs):
-        logits = inputs
-        if self.num_variables is not None:
-            logits = tf.reshape(inputs, [-1, self.num_variables, self.num_classes])
+        logits = self._logits(inputs)
         q = tfd.ExpRelaxedOneHotCategorical(tf.constant(self.temperature), logits=logits)
         return q if self.num_variables is None else tfd.Independent(q, 1)
 
     def call(self, inputs, training=None):
         # q lives in log space (stable densities); the layer outputs the simplex point.
-        log_z = super().call(inputs, training=training)
-        z = tf.exp(log_z)
-        if self.num_variables is None:
-            return z
-        return tf.reshape(z, [-1, self.num_variables * self.num_classes])
-
-    def compute_output_spec(self, inputs):
-        width = self.num_classes * (self.num_variables or 1)
-        return keras.KerasTensor((inputs.shape[0], width), dtype=self.compute_dtype)
+        return self._flatten(tf.exp(Latent.call(self, inputs, training=training)))
 
     def get_config(self):
         config = super().get_config()
-        config.pop("distribution_fn")
         return {
             **config,
-            "num_classes": self.num_classes,
             "temperature": self.temperature,
-            "num_variables": self.num_variables,
             "prior_temperature": self.prior_temperature,
         }
