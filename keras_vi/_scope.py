@@ -42,6 +42,8 @@ class StepScope:
     weight_kls: list = dataclasses.field(default_factory=list)
     path_tape: Any = None  # a tape watching z for estimators that need d log w / dz
     step: Any = None  # the training step (optimizer.iterations) for scheduled estimators
+    # ids of the latent layers that tile their inputs K times (the model's batch is untiled)
+    tile_inputs_of: frozenset = frozenset()
 
     def add_latent(self, record: LatentRecord) -> None:
         self.latents.append(record)

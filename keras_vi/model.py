@@ -15,7 +15,7 @@ from keras.src.models.functional import Functional
 from keras.src.saving import object_registration
 from keras.src.trainers.trainer import Trainer
 
-from keras_vi import _scope, likelihoods, objectives, schedules, validation
+from keras_vi import _scope, _tiling, likelihoods, objectives, schedules, validation
 from keras_vi.errors import NonFiniteError
 
 __all__ = ["VariationalModel"]
@@ -142,13 +142,22 @@ class VariationalModel(keras.Model):
             output is twice the target's width), `"categorical"` (logits), `"poisson"`
             (log-rate), a callable `y_pred -> tfd.Distribution`, or None to use the compiled
             Keras `loss` as the negative log-likelihood.
-        num_samples: K Monte Carlo samples per example, drawn by tiling the batch.
+        num_samples: K Monte Carlo samples per example, drawn in one vectorised pass.
         objective: `"elbo"` or `"iwae"` (needs `num_samples >= 2`).
         kl_weight: a number >= 0 or a `kvi.schedules.Schedule` of the global step; kept in the
             non-trainable variable `model.kl_weight` (saved with the model).
         free_bits: None or lambda >= 0 nats per latent dimension (Kingma et al. 2016).
         num_examples: dataset size N for the 1/N scaling of weight KLs; inferred by `fit`
             from array inputs or a dataset of known cardinality when not given.
+        max_consecutive_skips: raise `kvi.NonFiniteError` after this many consecutive
+            non-finite steps (None: skip forever).
+        tile_at: where the K copies of each example start. `"input"` tiles the batch K times
+            and runs the whole model on K*B rows. `"latent"` (functional models only) runs
+            everything before the latent layers once on the B rows and tiles each latent's
+            parameters instead: the same samples, bound and gradients, without repeating
+            the encoder; it needs every input-to-output path to pass through a latent and
+            nothing random before the latents. `"auto"` (default) picks `"latent"` when
+            that holds, else `"input"`; `model.resolved_tile_at` tells which.
 
     Example:
         >>> x = keras.Input((784,))
@@ -175,6 +184,7 @@ class VariationalModel(keras.Model):
         free_bits: float | None = None,
         num_examples: int | None = None,
         max_consecutive_skips: int | None = 10,
+        tile_at: str = "auto",
         **kwargs,
     ):
         if isinstance(self, Functional):
@@ -217,6 +227,13 @@ class VariationalModel(keras.Model):
                 f"{max_consecutive_skips!r}."
             )
         self.max_consecutive_skips = max_consecutive_skips
+        self.tile_at = _tiling.check_tile_at(tile_at)
+        self._tiling_plan = _tiling.plan(self)
+        if self.tile_at == "latent" and self._tiling_plan.reason is not None:
+            raise ValueError(
+                f"tile_at='latent' is not possible: {self._tiling_plan.reason}. "
+                "Use tile_at='input' (or 'auto')."
+            )
 
         if isinstance(kl_weight, dict):
             kl_weight = keras.saving.deserialize_keras_object(kl_weight)
@@ -328,9 +345,17 @@ class VariationalModel(keras.Model):
                 "free_bits": self.free_bits,
                 "num_examples": self.num_examples,
                 "max_consecutive_skips": self.max_consecutive_skips,
+                "tile_at": self.tile_at,
             }
         )
         return config
+
+    @property
+    def resolved_tile_at(self) -> str:
+        """`"latent"` or `"input"`: where this model's K samples per example start."""
+        if self.tile_at == "input" or self._tiling_plan.reason is not None:
+            return "input"
+        return "latent"
 
     # ------------------------------------------------------------------ the objective
     def _unpack(self, data):
@@ -368,7 +393,10 @@ class VariationalModel(keras.Model):
         objective: str | None = None,
         kl_weight=None,
     ):
-        """Runs the model on K tiled copies of the batch and builds the bound.
+        """Runs the model on K copies of each example and builds the bound.
+
+        The copies start at the input or at the latents (see `tile_at`); either way the
+        output has K*B rows, copy k of example b in row k*B + b.
 
         Returns the dict of `keras_vi.objectives.compute` plus `y_pred` (all K*B rows).
         """
@@ -383,7 +411,11 @@ class VariationalModel(keras.Model):
             # The global step, for estimators with a schedule (Gumbel-softmax temperature).
             step=None if optimizer is None else optimizer.iterations,
         )
-        x_tiled = _tile(x, k)
+        if k > 1 and self.resolved_tile_at == "latent":
+            scope.tile_inputs_of = self._tiling_plan.latents
+            x_tiled = x
+        else:
+            x_tiled = _tile(x, k)
         needs_path_gradient = any(
             getattr(layer.resolved_estimator, "needs_path_gradient", False)
             for layer in self._latent_layers()

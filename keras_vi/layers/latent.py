@@ -121,10 +121,14 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
 
     def call(self, inputs, training=None):
         inputs = tf.cast(inputs, tf.float32)
+        scope = _scope.current_scope()
+        if scope is not None and id(self) in scope.tile_inputs_of:
+            # The model did not tile its batch; the K copies of each example start here.
+            multiples = [scope.num_samples] + [1] * (inputs.shape.rank - 1)
+            inputs = tf.tile(inputs, multiples)
         q = self.make_distribution(inputs)
         estimator = self._resolved_estimator
         seed = _random.draw_tfp_seed(self.seed_generator)
-        scope = _scope.current_scope()
         if scope is not None:
             estimator.validate(q, objective=scope.objective, num_samples=scope.num_samples)
             self._validate_kl(q, scope)
