@@ -42,6 +42,16 @@ class Prior:
     A prior with trainable state (such as `LearnableNormal`) overrides `bind`, which the
     owning layer calls once in `build` to create the state as that layer's weights; the
     default returns the prior itself.
+
+    Example:
+        >>> @keras.saving.register_keras_serializable(package="my_priors")
+        ... class Laplace(kvi.priors.Prior):
+        ...     def __call__(self, q):
+        ...         zeros = tf.zeros(q.event_shape, q.dtype)
+        ...         return tfd.Independent(tfd.Laplace(zeros, 1.0), q.event_shape.rank)
+        ...     def get_config(self):
+        ...         return {}
+        >>> latent = kvi.layers.NormalLatent(8, prior=Laplace(), kl="mc")
     """
 
     def __call__(self, q: tfd.Distribution) -> tfd.Distribution:
@@ -93,6 +103,10 @@ class StandardNormal(Prior):
 @keras.saving.register_keras_serializable(package="keras_vi")
 class Normal(Prior):
     """N(loc, scale²) with scalar loc and scale, over q's event shape.
+
+    Args:
+        loc: the mean of every element.
+        scale: the standard deviation of every element (> 0).
 
     Example:
         >>> prior = kvi.priors.Normal(loc=0.0, scale=0.5)
@@ -200,6 +214,11 @@ class ScaleMixture(Prior):
     """Blundell et al. (2015) scale mixture: pi N(0, sigma1²) + (1 - pi) N(0, sigma2²), per element.
 
     No closed-form KL exists against a Normal posterior, so the KL is estimated by Monte Carlo.
+
+    Args:
+        pi: weight of the first component, in (0, 1).
+        sigma1: standard deviation of the first (wide) component (> 0).
+        sigma2: standard deviation of the second (narrow) component (> 0).
 
     Example:
         >>> prior = kvi.priors.ScaleMixture(pi=0.5, sigma1=1.0, sigma2=0.0025)
@@ -312,7 +331,17 @@ class _BoundLearnableNormal:
 
 
 class FixedDistribution(Prior):
-    """Wraps a ready-made `tfd.Distribution` (not serializable: use a `Prior` to save models)."""
+    """Wraps a ready-made `tfd.Distribution` (not serializable: use a `Prior` to save models).
+
+    Passing a `tfd.Distribution` as a layer's `prior` wraps it in this class.
+
+    Args:
+        distribution: the prior, with the same event shape as the layer's q.
+
+    Example:
+        >>> prior = tfd.Independent(tfd.Laplace(tf.zeros(8), 1.0), 1)
+        >>> latent = kvi.layers.NormalLatent(8, prior=prior, kl="mc")
+    """
 
     def __init__(self, distribution: tfd.Distribution):
         self.distribution = distribution

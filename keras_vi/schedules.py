@@ -30,7 +30,22 @@ def _check_steps(value, name, owner):
 
 
 class Schedule:
-    """Base class: `schedule(step) -> weight`, for a Python int or an integer tensor."""
+    """Base class: `schedule(step) -> weight`, for a Python int or an integer tensor.
+
+    Subclasses implement `value(step)` on a float32 tensor with TensorFlow ops, so the
+    schedule runs inside the compiled training step, and `get_config`.
+
+    Example:
+        >>> @keras.saving.register_keras_serializable(package="my_schedules")
+        ... class Step(kvi.schedules.Schedule):
+        ...     def __init__(self, at: int):
+        ...         self.at = at
+        ...     def value(self, step):
+        ...         return tf.cast(step >= self.at, tf.float32)
+        ...     def get_config(self):
+        ...         return {"at": self.at}
+        >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli", kl_weight=Step(500))
+    """
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -51,6 +66,9 @@ class Schedule:
 class Constant(Schedule):
     """A fixed weight.
 
+    Args:
+        value: the weight (>= 0).
+
     Example:
         >>> kvi.schedules.Constant(0.5)(1000)  # 0.5
     """
@@ -68,6 +86,11 @@ class Constant(Schedule):
 @keras.saving.register_keras_serializable(package="keras_vi")
 class Linear(Schedule):
     """Linear warm-up from `start` to `stop` over `warmup_steps`, then constant.
+
+    Args:
+        warmup_steps: steps of the ramp, a positive integer.
+        start: the weight at step 0 (>= 0).
+        stop: the weight from step `warmup_steps` on (>= 0).
 
     Example:
         >>> kvi.schedules.Linear(warmup_steps=1000)(500)  # 0.5
@@ -93,6 +116,13 @@ class Cyclical(Schedule):
     Each cycle of `cycle_steps` rises linearly from `start` to `stop` over the first `ratio`
     of the cycle and stays at `stop` for the rest. After `num_cycles` cycles (if given) the
     weight stays at `stop`.
+
+    Args:
+        cycle_steps: steps per cycle, a positive integer.
+        num_cycles: cycles before the weight stays at `stop`; None cycles forever.
+        ratio: fraction of each cycle spent rising, in (0, 1].
+        start: the weight at the start of each cycle (>= 0).
+        stop: the weight at the top of each cycle (>= 0).
 
     Example:
         >>> sched = kvi.schedules.Cyclical(cycle_steps=1000, num_cycles=4, ratio=0.5)
@@ -137,6 +167,11 @@ class Cyclical(Schedule):
 @keras.saving.register_keras_serializable(package="keras_vi")
 class Sigmoid(Schedule):
     """A logistic ramp: stop / (1 + exp(-steepness * (step - midpoint))).
+
+    Args:
+        midpoint: the step at which the weight is `stop / 2` (>= 0).
+        steepness: slope of the logistic in 1/steps (> 0).
+        stop: the weight the ramp approaches (>= 0).
 
     Example:
         >>> kvi.schedules.Sigmoid(midpoint=2000, steepness=0.005)(2000)  # 0.5

@@ -38,6 +38,38 @@ MIN_SCALE = 1e-6
 RNG_ALG = "philox"
 
 
+# The Args entries every concrete Bayesian layer shares, for `with_args` (entries at column
+# 0, continuation lines indented by 4).
+WEIGHT_ARGS = """\
+kernel_initializer: initializer of the kernel's posterior mean.
+bias_initializer: initializer of the bias's posterior mean.
+kernel_constraint: constraint on the kernel's posterior mean.
+bias_constraint: constraint on the bias's posterior mean.
+prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
+    such as `kvi.priors.ScaleMixture(0.5, 1.0, 0.0025)` (Monte Carlo KL) or
+    `kvi.priors.LearnableNormal()` (empirical Bayes), or a `tfd.Distribution`.
+bias_prior: prior over the bias; None uses `prior`.
+posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
+kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
+kl_samples: draws per Monte Carlo KL estimate.
+num_examples: dataset size N, only for training in a plain `keras.Model`: each call
+    outside a `kvi.VariationalModel` then adds KL / N through `add_loss`.
+seed: optional int for the layer's `keras.random.SeedGenerator`.
+**kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+"""
+
+
+def with_args(args: str):
+    """Class decorator: puts the shared `args` entries where the docstring says `{args}`."""
+
+    def decorate(cls):
+        indented = "\n".join(("        " + line) if line else "" for line in args.splitlines())
+        cls.__doc__ = cls.__doc__.replace("        {args}", indented)
+        return cls
+
+    return decorate
+
+
 def standard_normal(shape, seed: tf.Tensor) -> tf.Tensor:
     """float32 N(0, 1) draws from a stateless seed."""
     return tf.random.stateless_normal(shape, seed, dtype=tf.float32, alg=RNG_ALG)

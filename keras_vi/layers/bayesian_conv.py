@@ -8,15 +8,32 @@ import keras
 import tensorflow as tf
 
 from keras_vi.layers.bayesian import (
+    WEIGHT_ARGS,
     BayesianLayer,
     check_positive_int,
     random_signs,
     standard_normal,
+    with_args,
 )
 
 __all__ = ["Conv2DReparameterization", "Conv2DFlipout", "Conv2DLocalReparameterization"]
 
 _VARIANCE_FLOOR = 1e-12
+
+_ARGS = (
+    """\
+filters: number of output channels, a positive integer.
+kernel_size: an int or a pair of ints.
+strides: an int or a pair of ints (not > 1 together with `dilation_rate` > 1).
+padding: `"valid"` or `"same"`.
+data_format: only `"channels_last"` (or None for the Keras default, which must be
+    channels_last).
+dilation_rate: an int or a pair of ints.
+activation: activation function (name or callable).
+use_bias: whether the layer has a (Bayesian) bias.
+"""
+    + WEIGHT_ARGS
+)
 _PADDINGS = ("valid", "same")
 
 
@@ -159,6 +176,7 @@ class _BayesianConv2D(BayesianLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class Conv2DReparameterization(_BayesianConv2D):
     """A 2-D convolution that draws one kernel sample per call (Blundell et al. 2015).
 
@@ -167,29 +185,7 @@ class Conv2DReparameterization(_BayesianConv2D):
     the K tiled copies of the batch gets its own kernel sample.
 
     Args:
-        filters: number of output channels, a positive integer.
-        kernel_size: an int or a pair of ints.
-        strides: an int or a pair of ints (not > 1 together with `dilation_rate` > 1).
-        padding: `"valid"` or `"same"`.
-        data_format: only `"channels_last"` (or None for the Keras default, which must be
-            channels_last).
-        dilation_rate: an int or a pair of ints.
-        activation: activation function (name or callable).
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            (e.g. `ScaleMixture`, `LearnableNormal`) or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model` (adds
-            KL / N through `add_loss` outside a `kvi.VariationalModel`).
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments.
+        {args}
 
     Example:
         >>> conv = kvi.layers.Conv2DReparameterization(16, 3, padding="same", activation="relu")
@@ -216,6 +212,7 @@ class Conv2DReparameterization(_BayesianConv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class Conv2DFlipout(_BayesianConv2D):
     """A 2-D convolution with Flipout weight noise (Wen et al. 2018).
 
@@ -226,28 +223,7 @@ class Conv2DFlipout(_BayesianConv2D):
     once per call and flipped by the same output signs.
 
     Args:
-        filters: number of output channels, a positive integer.
-        kernel_size: an int or a pair of ints.
-        strides: an int or a pair of ints (not > 1 together with `dilation_rate` > 1).
-        padding: `"valid"` or `"same"`.
-        data_format: only `"channels_last"` (or None for the Keras default).
-        dilation_rate: an int or a pair of ints.
-        activation: activation function (name or callable).
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            (e.g. `ScaleMixture`, `LearnableNormal`) or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model` (adds
-            KL / N through `add_loss` outside a `kvi.VariationalModel`).
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments.
+        {args}
 
     Example:
         >>> inputs = keras.Input((28, 28, 1))
@@ -274,6 +250,7 @@ class Conv2DFlipout(_BayesianConv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class Conv2DLocalReparameterization(_BayesianConv2D):
     """A 2-D convolution sampling pre-activations instead of weights (Kingma et al. 2015).
 
@@ -286,28 +263,7 @@ class Conv2DLocalReparameterization(_BayesianConv2D):
     costs two convolutions and gives the lowest-variance gradients of the three.
 
     Args:
-        filters: number of output channels, a positive integer.
-        kernel_size: an int or a pair of ints.
-        strides: an int or a pair of ints (not > 1 together with `dilation_rate` > 1).
-        padding: `"valid"` or `"same"`.
-        data_format: only `"channels_last"` (or None for the Keras default).
-        dilation_rate: an int or a pair of ints.
-        activation: activation function (name or callable).
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            (e.g. `ScaleMixture`, `LearnableNormal`) or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model` (adds
-            KL / N through `add_loss` outside a `kvi.VariationalModel`).
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments.
+        {args}
 
     Example:
         >>> h = kvi.layers.Conv2DLocalReparameterization(8, 3, activation="relu")(

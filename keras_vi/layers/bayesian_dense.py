@@ -8,16 +8,27 @@ import keras
 import tensorflow as tf
 
 from keras_vi.layers.bayesian import (
+    WEIGHT_ARGS,
     BayesianLayer,
     check_positive_int,
     random_signs,
     standard_normal,
+    with_args,
 )
 
 __all__ = ["DenseReparameterization", "DenseFlipout", "DenseLocalReparameterization"]
 
 # Added to the local-reparameterization variance before the square root (finite gradient).
 _VARIANCE_FLOOR = 1e-12
+
+_ARGS = (
+    """\
+units: output width, a positive integer.
+activation: activation function (name or callable), as in `keras.layers.Dense`.
+use_bias: whether the layer has a (Bayesian) bias.
+"""
+    + WEIGHT_ARGS
+)
 
 
 class _BayesianDense(BayesianLayer):
@@ -97,6 +108,7 @@ class _BayesianDense(BayesianLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class DenseReparameterization(_BayesianDense):
     """A dense layer that draws one weight sample per call (Blundell et al. 2015).
 
@@ -107,24 +119,7 @@ class DenseReparameterization(_BayesianDense):
     its own weight sample.
 
     Args:
-        units: output width, a positive integer.
-        activation: activation function (name or callable), as in `keras.layers.Dense`.
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            such as `kvi.priors.ScaleMixture(0.5, 1.0, 0.0025)` (Monte Carlo KL) or
-            `kvi.priors.LearnableNormal()` (empirical Bayes), or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model`: each call
-            outside a `kvi.VariationalModel` then adds KL / N through `add_loss`.
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        {args}
 
     Example:
         >>> model = keras.Sequential([
@@ -150,6 +145,7 @@ class DenseReparameterization(_BayesianDense):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class DenseFlipout(_BayesianDense):
     """A dense layer with Flipout weight noise (Wen et al. 2018).
 
@@ -160,24 +156,7 @@ class DenseFlipout(_BayesianDense):
     bias perturbation is drawn once per call and flipped by the same output signs.
 
     Args:
-        units: output width, a positive integer.
-        activation: activation function (name or callable), as in `keras.layers.Dense`.
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            such as `kvi.priors.ScaleMixture(0.5, 1.0, 0.0025)` (Monte Carlo KL) or
-            `kvi.priors.LearnableNormal()` (empirical Bayes), or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model`: each call
-            outside a `kvi.VariationalModel` then adds KL / N through `add_loss`.
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        {args}
 
     Example:
         >>> inputs = keras.Input((784,))
@@ -203,6 +182,7 @@ class DenseFlipout(_BayesianDense):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
+@with_args(_ARGS)
 class DenseLocalReparameterization(_BayesianDense):
     """A dense layer sampling pre-activations instead of weights (Kingma et al. 2015).
 
@@ -212,24 +192,7 @@ class DenseLocalReparameterization(_BayesianDense):
     A Monte Carlo KL (for a non-normal prior) draws its own weight sample.
 
     Args:
-        units: output width, a positive integer.
-        activation: activation function (name or callable), as in `keras.layers.Dense`.
-        use_bias: whether the layer has a (Bayesian) bias.
-        kernel_initializer: initializer of the kernel's posterior mean.
-        bias_initializer: initializer of the bias's posterior mean.
-        kernel_constraint: constraint on the kernel's posterior mean.
-        bias_constraint: constraint on the bias's posterior mean.
-        prior: prior over the weights: `"standard_normal"` (default), a `kvi.priors.Prior`
-            such as `kvi.priors.ScaleMixture(0.5, 1.0, 0.0025)` (Monte Carlo KL) or
-            `kvi.priors.LearnableNormal()` (empirical Bayes), or a `tfd.Distribution`.
-        bias_prior: prior over the bias; None uses `prior`.
-        posterior_scale_init: initial posterior standard deviation (> 0; default 0.05).
-        kl: `"auto"`, `"analytic"` or `"mc"`; how KL(q || p) is computed.
-        kl_samples: draws per Monte Carlo KL estimate.
-        num_examples: dataset size N, only for training in a plain `keras.Model`: each call
-            outside a `kvi.VariationalModel` then adds KL / N through `add_loss`.
-        seed: optional int for the layer's `keras.random.SeedGenerator`.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+        {args}
 
     Example:
         >>> layer = kvi.layers.DenseLocalReparameterization(64, activation="relu")

@@ -233,6 +233,14 @@ class NormalLatent(Latent):
     The input has width 2 * units: the first half is the mean, the second half passes
     through softplus (plus `min_scale`) to give the standard deviation.
 
+    Args:
+        units: latent dimensions, a positive integer.
+        prior: as in `Latent`; default `"standard_normal"`.
+        min_scale: floor added to the standard deviation (>= 0), so q never collapses to a
+            point and log q stays finite.
+        **kwargs: `Latent` arguments (`estimator`, `kl`, `kl_samples`, `seed`) and base
+            `keras.layers.Layer` arguments (`name`, ...).
+
     Example:
         >>> h = keras.layers.Dense(2 * 16)(features)
         >>> z = kvi.layers.NormalLatent(16, name="z")(h)
@@ -270,6 +278,12 @@ class BernoulliLatent(Latent):
 
     Not reparameterizable: `"auto"` picks the score-function estimator with a moving average.
 
+    Args:
+        units: binary latents, a positive integer; the input is `units` logits.
+        prior: as in `Latent`; default `"uniform"` (probability 1/2 per unit).
+        **kwargs: `Latent` arguments (`estimator`, `kl`, `kl_samples`, `seed`) and base
+            `keras.layers.Layer` arguments (`name`, ...).
+
     Example:
         >>> z = kvi.layers.BernoulliLatent(200, name="bits")(keras.layers.Dense(200)(h))
     """
@@ -302,6 +316,9 @@ class CategoricalLatent(Latent):
         num_variables: None for one variable (input width `num_classes`, output
             `[batch, num_classes]`), or V independent variables (input width
             `V * num_classes`, output flattened to `[batch, V * num_classes]`).
+        prior: as in `Latent`; default `"uniform"` (equal class probabilities).
+        **kwargs: `Latent` arguments (`estimator`, `kl`, `kl_samples`, `seed`) and base
+            `keras.layers.Layer` arguments (`name`, ...).
 
     Example:
         >>> z = kvi.layers.CategoricalLatent(10, num_variables=20, estimator="score_function")(
