@@ -156,8 +156,10 @@ class VariationalModel(keras.Model):
             everything before the latent layers once on the B rows and tiles each latent's
             parameters instead: the same samples, bound and gradients, without repeating
             the encoder; it needs every input-to-output path to pass through a latent and
-            nothing random before the latents. `"auto"` (default) picks `"latent"` when
-            that holds, else `"input"`; `model.resolved_tile_at` tells which.
+            nothing random before the latents (layers drawing through a Keras
+            `SeedGenerator`: dropout, noise, Bayesian layers; a custom layer calling
+            `tf.random` directly is not detected, so give it `"input"`). `"auto"` (default)
+            picks `"latent"` when that holds, else `"input"`; `model.resolved_tile_at` tells.
 
     Example:
         >>> x = keras.Input((784,))
