@@ -370,3 +370,58 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
             }
         )
         return config
+
+
+class KernelBiasLayer(BayesianLayer):
+    """The common part of the Bayesian dense and conv layers: a Bayesian kernel, an optional
+    Bayesian bias, an activation, and a call that draws five seeds, computes the
+    pre-activation (`_pre_activation(x, seeds)`, seeds 0-3), and reports the KL (seed 4).
+    """
+
+    def __init__(
+        self,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def add_kernel_and_bias(self, kernel_shape, bias_shape) -> None:
+        self.add_posterior("kernel", kernel_shape, self.kernel_initializer, self.kernel_constraint)
+        if self.use_bias:
+            self.add_posterior("bias", bias_shape, self.bias_initializer, self.bias_constraint)
+
+    def call(self, inputs, training=None):
+        seeds = self.next_seeds(5)
+        outputs = self._pre_activation(tf.cast(inputs, tf.float32), seeds)
+        self.report_kl(seeds[4])
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _pre_activation(self, x, seeds):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config

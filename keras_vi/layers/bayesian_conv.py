@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_vi.layers.bayesian import (
     WEIGHT_ARGS,
-    BayesianLayer,
+    KernelBiasLayer,
     check_positive_int,
     random_signs,
     standard_normal,
@@ -61,7 +61,7 @@ def _output_length(length, kernel: int, stride: int, dilation: int, padding: str
     return max(0, (length - span) // stride + 1)
 
 
-class _BayesianConv2D(BayesianLayer):
+class _BayesianConv2D(KernelBiasLayer):
     """`keras.layers.Conv2D` (channels_last) with a mean-field normal posterior.
 
     Subclasses implement `_pre_activation(x, seeds)` for NHWC `x`.
@@ -83,7 +83,15 @@ class _BayesianConv2D(BayesianLayer):
         bias_constraint: Any = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
         owner = type(self).__name__
         self.filters = check_positive_int(filters, "filters", owner)
         self.kernel_size = _pair(kernel_size, "kernel_size", owner)
@@ -104,12 +112,6 @@ class _BayesianConv2D(BayesianLayer):
                 f"convolutions need NHWC), got {data_format!r}."
             )
         self.data_format = data_format
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
@@ -118,9 +120,7 @@ class _BayesianConv2D(BayesianLayer):
                 f"width, channels) with known channels, got {tuple(input_shape)}."
             )
         shape = (*self.kernel_size, int(input_shape[-1]), self.filters)
-        self.add_posterior("kernel", shape, self.kernel_initializer, self.kernel_constraint)
-        if self.use_bias:
-            self.add_posterior("bias", (self.filters,), self.bias_initializer, self.bias_constraint)
+        self.add_kernel_and_bias(shape, (self.filters,))
         self.built = True
 
     def compute_output_shape(self, input_shape):
@@ -142,18 +142,6 @@ class _BayesianConv2D(BayesianLayer):
             dilations=self.dilation_rate,
         )
 
-    def call(self, inputs, training=None):
-        x = tf.cast(inputs, tf.float32)
-        seeds = self.next_seeds(5)
-        outputs = self._pre_activation(x, seeds)
-        self.report_kl(seeds[4])
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return tf.cast(outputs, self.compute_dtype)
-
-    def _pre_activation(self, x, seeds):
-        raise NotImplementedError
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -164,12 +152,6 @@ class _BayesianConv2D(BayesianLayer):
                 "padding": self.padding,
                 "data_format": self.data_format,
                 "dilation_rate": self.dilation_rate,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
             }
         )
         return config

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_vi.layers.bayesian import (
     WEIGHT_ARGS,
-    BayesianLayer,
+    KernelBiasLayer,
     check_positive_int,
     random_signs,
     standard_normal,
@@ -31,10 +31,11 @@ use_bias: whether the layer has a (Bayesian) bias.
 )
 
 
-class _BayesianDense(BayesianLayer):
+class _BayesianDense(KernelBiasLayer):
     """`keras.layers.Dense` with a mean-field normal posterior over kernel and bias.
 
-    Subclasses implement `_pre_activation(x, seeds)` for 2-D `x` of shape [rows, input_dim].
+    Subclasses implement `_dense_pre_activation(x, seeds)` for 2-D `x` [rows, input_dim];
+    inputs of higher rank are flattened to rows around it.
     """
 
     def __init__(
@@ -48,14 +49,16 @@ class _BayesianDense(BayesianLayer):
         bias_constraint: Any = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
         self.units = check_positive_int(units, "units", type(self).__name__)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
 
     def build(self, input_shape):
         input_dim = input_shape[-1] if len(input_shape) else None
@@ -64,46 +67,25 @@ class _BayesianDense(BayesianLayer):
                 f"{type(self).__name__} {self.name!r} needs a known last input dimension, got "
                 f"input shape {tuple(input_shape)}."
             )
-        self.add_posterior(
-            "kernel", (int(input_dim), self.units), self.kernel_initializer, self.kernel_constraint
-        )
-        if self.use_bias:
-            self.add_posterior("bias", (self.units,), self.bias_initializer, self.bias_constraint)
+        self.add_kernel_and_bias((int(input_dim), self.units), (self.units,))
         self.built = True
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
-    def call(self, inputs, training=None):
-        x = tf.cast(inputs, tf.float32)
-        seeds = self.next_seeds(5)
-        if x.shape.rank == 2:
-            outputs = self._pre_activation(x, seeds)
-        else:  # rows are all leading positions
-            leading = tf.shape(x)[:-1]
-            outputs = self._pre_activation(tf.reshape(x, [-1, x.shape[-1]]), seeds)
-            outputs = tf.reshape(outputs, tf.concat([leading, [self.units]], axis=0))
-        self.report_kl(seeds[4])
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return tf.cast(outputs, self.compute_dtype)
-
     def _pre_activation(self, x, seeds):
+        if x.shape.rank == 2:
+            return self._dense_pre_activation(x, seeds)
+        leading = tf.shape(x)[:-1]  # rows are all leading positions
+        outputs = self._dense_pre_activation(tf.reshape(x, [-1, x.shape[-1]]), seeds)
+        return tf.reshape(outputs, tf.concat([leading, [self.units]], axis=0))
+
+    def _dense_pre_activation(self, x, seeds):
         raise NotImplementedError
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            }
-        )
+        config["units"] = self.units
         return config
 
 
@@ -129,7 +111,7 @@ class DenseReparameterization(_BayesianDense):
         ... ])
     """
 
-    def _pre_activation(self, x, seeds):
+    def _dense_pre_activation(self, x, seeds):
         k = self.num_weight_samples()
         if k == 1:
             outputs = tf.matmul(x, self.sample_weight("kernel", seeds[0]))
@@ -165,7 +147,7 @@ class DenseFlipout(_BayesianDense):
         >>> model = kvi.VariationalModel(inputs, logits, likelihood="categorical")
     """
 
-    def _pre_activation(self, x, seeds):
+    def _dense_pre_activation(self, x, seeds):
         loc = self.posterior_loc("kernel")
         delta = self.posterior_scale("kernel") * standard_normal(tf.shape(loc), seeds[0])
         rows = tf.shape(x)[0]
@@ -199,7 +181,7 @@ class DenseLocalReparameterization(_BayesianDense):
         >>> h = layer(keras.Input((20,)))
     """
 
-    def _pre_activation(self, x, seeds):
+    def _dense_pre_activation(self, x, seeds):
         mean = tf.matmul(x, self.posterior_loc("kernel"))
         variance = tf.matmul(tf.square(x), tf.square(self.posterior_scale("kernel")))
         if self.use_bias:
