@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_vi import diagnostics
+from keras_vi import _serialization, diagnostics
 from keras_vi.callbacks import _summary
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -82,8 +82,10 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         >>> logger = kvi.callbacks.GradientVarianceLogger(
         ...     "logs", every_n_steps=100, num_estimates=8,
         ...     estimators={"score_function": "score_function"})
-        >>> vae.fit(x_train, epochs=10,
-        ...         callbacks=[keras.callbacks.TensorBoard("logs"), logger])
+        >>> history = vae.fit(x_train, epochs=1, verbose=0,
+        ...                   callbacks=[keras.callbacks.TensorBoard("logs"), logger])
+        >>> sorted(tf.io.gfile.listdir("logs"))  # step 0 was logged, in two runs
+        ['train', 'train_score_function']
     """
 
     def __init__(
@@ -266,9 +268,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             "num_estimates": self.num_estimates,
             "estimators": {
                 name: (
-                    {k: keras.saving.serialize_keras_object(v) for k, v in spec.items()}
+                    {k: _serialize_estimator(k, v) for k, v in spec.items()}
                     if isinstance(spec, dict)
-                    else keras.saving.serialize_keras_object(spec)
+                    else _serialize_estimator(name, spec)
                 )
                 for name, spec in self.estimators.items()
             }
@@ -279,3 +281,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config: dict) -> GradientVarianceLogger:
         return cls(**config)
+
+
+def _serialize_estimator(name: str, estimator):
+    if isinstance(estimator, str):
+        return estimator
+    return _serialization.serialize(estimator, f"estimators[{name!r}]", "GradientVarianceLogger")

@@ -82,8 +82,10 @@ class ImageSamples(keras.callbacks.Callback):
         seed: int for reproducible samples; None draws a fresh one.
 
     Example:
-        >>> vae.fit(x_train, epochs=10, callbacks=[
+        >>> history = vae.fit(x_train, epochs=1, verbose=0, callbacks=[
         ...     kvi.callbacks.ImageSamples("logs", x_test, image_shape=(28, 28))])
+        >>> sorted(tf.io.gfile.listdir("logs"))  # the images of x_test
+        ['validation']
     """
 
     def __init__(

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from keras_vi import schedules
+from keras_vi import _serialization, schedules
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -24,7 +24,9 @@ class KLAnnealing(keras.callbacks.Callback):
 
     Example:
         >>> anneal = kvi.callbacks.KLAnnealing(kvi.schedules.Linear(warmup_steps=2000))
-        >>> vae.fit(x_train, epochs=20, callbacks=[anneal])
+        >>> history = vae.fit(x_train, epochs=1, batch_size=32, verbose=0, callbacks=[anneal])
+        >>> round(float(vae.kl_weight.numpy()), 6)  # 2 steps: the weight of step 1, 1 / 2000
+        0.0005
     """
 
     def __init__(self, schedule: Any):
@@ -61,4 +63,4 @@ class KLAnnealing(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
     def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
+        return {"schedule": _serialization.serialize(self.schedule, "schedule", "KLAnnealing")}

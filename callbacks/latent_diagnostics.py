@@ -38,9 +38,11 @@ class LatentDiagnostics(keras.callbacks.Callback):
         seed: int for reproducible noise; None draws a fresh one.
 
     Example:
-        >>> vae.fit(x_train, epochs=10, callbacks=[
+        >>> history = vae.fit(x_train, epochs=1, verbose=0, callbacks=[
         ...     keras.callbacks.TensorBoard("logs"),
         ...     kvi.callbacks.LatentDiagnostics("logs", validation_data=x_test)])
+        >>> sorted(tf.io.gfile.listdir("logs"))
+        ['train', 'validation']
     """
 
     def __init__(

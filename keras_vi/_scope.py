@@ -66,6 +66,11 @@ def current_scope() -> StepScope | None:
     return stack[-1]
 
 
+def in_step() -> bool:
+    """Whether any step scope is open in this thread, symbolic shape inference included."""
+    return bool(getattr(_state, "stack", None))
+
+
 @contextlib.contextmanager
 def recording(scope: StepScope):
     stack = getattr(_state, "stack", None)

@@ -14,8 +14,11 @@ class NonFiniteError(RuntimeError):
 
     Example:
         >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli", max_consecutive_skips=5)
+        >>> vae.compile(optimizer=keras.optimizers.SGD(learning_rate=1e30))  # far too large
         >>> try:
-        ...     vae.fit(x_train, epochs=10)
+        ...     vae.fit(x_train, epochs=10, batch_size=8, verbose=0)
         ... except kvi.NonFiniteError as error:
-        ...     print(error)  # e.g. "... the KL of latent 'z' ..."
+        ...     print(error)
+        Training stopped after 5 consecutive steps with non-finite values ... In the last one,
+        the KL of latent 'z' was the first non-finite term. ...
     """

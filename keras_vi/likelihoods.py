@@ -89,13 +89,106 @@ def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, tf.Tensor]:
     raise ValueError(f"Unknown `likelihood` {likelihood!r}.")
 
 
+def _check_per_example(likelihood, dist, lp, y, rows) -> None:
+    """Raises when log p(y) is not one value per example (a broadcast or a summed batch).
+
+    `lp` is the distribution's log_prob before event axes are summed. Its shape must be the
+    distribution's batch shape: anything larger means the target broadcast against the
+    output (a target of shape (B,) against an output of shape (B, 1) scores every target
+    against every output), and a batch shape without the example axis means one value for
+    the whole batch.
+    """
+    name = (
+        likelihood if isinstance(likelihood, str) else getattr(likelihood, "__name__", "callable")
+    )
+    batch_shape = dist.batch_shape
+    where = (
+        f"likelihood={name!r}: the log-probability of the target (shape {tuple(y.shape)}) under "
+        f"{type(dist).__name__}(batch_shape={batch_shape}, event_shape={dist.event_shape})"
+    )
+    if lp.shape.rank is None or batch_shape.rank is None:
+        return
+    if lp.shape.rank == 0 or batch_shape.rank == 0:
+        raise ValueError(
+            f"{where} is a single number, expected one value per example ({rows} rows). The "
+            "distribution must keep the batch axis as a batch dimension: do not reinterpret it "
+            "as an event axis (e.g. tfd.Independent(..., reinterpreted_batch_ndims) must leave "
+            "the first axis out)."
+        )
+    broadcast = lp.shape.rank != batch_shape.rank or any(
+        b is not None and d != b for d, b in zip(lp.shape, batch_shape)
+    )
+    if broadcast:
+        raise ValueError(
+            f"{where} has shape {tuple(lp.shape)}: the target broadcast against the model "
+            f"output instead of matching it. Give the target the output's batch shape "
+            f"{tuple(batch_shape)} (e.g. y.reshape(-1, 1) for an output of width 1)."
+        )
+    if rows is not None and lp.shape[0] is not None and lp.shape[0] != rows:
+        raise ValueError(f"{where} has {lp.shape[0]} rows, expected one per example ({rows}).")
+
+
 def log_prob(likelihood, y_pred, y) -> tf.Tensor:
-    """Per-example log-likelihood, summed over every axis but the first."""
+    """Per-example log-likelihood, summed over every axis but the first.
+
+    Raises a ValueError when the target does not give exactly one value per example (see
+    `_check_per_example`), for named and callable likelihoods alike.
+    """
     dist, target = distribution(likelihood, y_pred, y)
     lp = dist.log_prob(target)
+    first = tf.nest.flatten(y_pred)[0]
+    rows = first.shape[0] if first.shape.rank else None
+    _check_per_example(likelihood, dist, lp, target, rows)
     if lp.shape.rank is not None and lp.shape.rank > 1:
         lp = tf.reduce_sum(lp, axis=list(range(1, lp.shape.rank)))
     return lp
+
+
+def support(likelihood, y_pred_shape, y) -> tuple[tf.Tensor, str] | None:
+    """Which rows of the target lie in the likelihood's support, where that is cheap and certain.
+
+    Args:
+        likelihood: a named likelihood; callables and compiled losses are not checked.
+        y_pred_shape: the model output's shape (decides class ids vs one-hot targets).
+        y: the target.
+
+    Returns:
+        None when nothing is checked, else `(ok, expected)`: a boolean tensor with one entry
+        per row and a text describing the support.
+    """
+    if not isinstance(likelihood, str) or likelihood == "normal":
+        return None
+    y = tf.convert_to_tensor(y)
+    if y.dtype == tf.string or y.shape.rank is None or y.shape.rank == 0:
+        return None
+    y = tf.cast(y, tf.float32)
+    flat = tf.reshape(y, [tf.shape(y)[0], -1])
+    # NaN/Inf are the non-finite checks' business (a skipped step naming the likelihood).
+    nonfinite = tf.logical_not(tf.math.is_finite(flat))
+    integer = tf.equal(flat, tf.round(flat))
+    if likelihood == "bernoulli":
+        ok, expected = (flat >= 0.0) & (flat <= 1.0), "values in [0, 1]"
+    elif likelihood == "poisson":
+        ok, expected = (flat >= 0.0) & integer, "non-negative integer counts"
+    else:
+        rank = len(y_pred_shape)
+        classes = y_pred_shape[-1]
+        ids = y.shape.rank == rank - 1 or (
+            y.shape.rank == rank and y.shape[-1] == 1 and classes != 1
+        )
+        if ids:
+            ok = (flat >= 0.0) & integer
+            expected = "integer class ids >= 0"
+            if classes is not None:
+                ok &= flat < float(classes)
+                expected = f"integer class ids in [0, {classes - 1}]"
+        else:
+            in_range = tf.reduce_all((y >= 0.0) & (y <= 1.0), axis=-1)
+            sums_to_one = tf.abs(tf.reduce_sum(y, axis=-1) - 1.0) < 1e-3
+            ok = tf.reshape(in_range & sums_to_one, [tf.shape(y)[0], -1])
+            expected = "one-hot rows (values in [0, 1] summing to 1)"
+            nonfinite = tf.reduce_any(nonfinite, axis=1, keepdims=True)
+    return tf.reduce_all(ok | nonfinite, axis=1), expected
 
 
 def keras_loss_nll(loss, y_pred, y) -> tf.Tensor:

@@ -11,16 +11,28 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.models.functional import Functional
 from keras.src.saving import object_registration
 from keras.src.trainers.trainer import Trainer
 
-from keras_vi import _scope, _tiling, likelihoods, objectives, schedules, validation
+from keras_vi import (
+    _prediction,
+    _scope,
+    _serialization,
+    _tiling,
+    likelihoods,
+    objectives,
+    schedules,
+    validation,
+)
 from keras_vi.errors import NonFiniteError
 
 __all__ = ["VariationalModel"]
 
-_FIXED_METRICS = ("loss", "elbo", "nll", "kl", "kl_weight")
+_FIXED_METRICS = ("loss", "elbo", "nll", "kl", "kl_weight", "regularization")
+# Which way each reported quantity improves, for monitoring callbacks left on mode="auto".
+_METRIC_MODES = {"loss": "min", "elbo": "max", "nll": "min", "kl": "min", "regularization": "min"}
 # A log entry that carries the consecutive-skip count out of the compiled step to the guard
 # in `make_train_function`, which removes it before callbacks see the logs (reading the
 # variable instead would cost an extra eager op per step: +20% step time on tiny models).
@@ -164,6 +176,18 @@ class VariationalModel(keras.Model):
             `SeedGenerator`: dropout, noise, Bayesian layers; a custom layer calling
             `tf.random` directly is not detected, so give it `"input"`). `"auto"` (default)
             picks `"latent"` when that holds, else `"input"`; `model.resolved_tile_at` tells.
+        prediction: what the model returns outside training and evaluation (`model(x)`,
+            `predict`, and the `serve` function of `model.export`, which fixes the setting
+            when it is exported). `"sample"` (default): one random draw of the raw output
+            (e.g. logits). `"mean"`, deterministic: each latent layer returns the mean of a
+            reparameterized q (a `NormalLatent`'s loc) or the mode of any other q (1 where a
+            Bernoulli logit is > 0, the one-hot argmax of a categorical), Bayesian layers use
+            their posterior-mean weights, and the output is the likelihood's mean: sigmoid
+            for `"bernoulli"`, softmax for `"categorical"`, exp for `"poisson"`, the loc for
+            `"normal"` (the first half of an output twice as wide as the input),
+            `likelihood(y_pred).mean()` for a callable, the output unchanged with a compiled
+            loss. Can be set after training (`model.prediction = "mean"`); training,
+            evaluation and `kvi.predict_samples` always sample.
 
     Example:
         >>> x = keras.Input((784,))
@@ -172,7 +196,13 @@ class VariationalModel(keras.Model):
         >>> logits = keras.layers.Dense(784)(keras.layers.Dense(256, activation="relu")(z))
         >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli")
         >>> vae.compile(optimizer="adam")
-        >>> vae.fit(x_train, epochs=10)  # unsupervised: the target is x itself
+        >>> history = vae.fit(x_train, epochs=1, verbose=0)  # unsupervised: the target is x
+        >>> {"loss", "elbo", "nll", "kl"} <= set(history.history)
+        True
+        >>> vae.prediction = "mean"
+        >>> probabilities = vae.predict(x_test, verbose=0)  # sigmoid(decoder(loc of q))
+        >>> bool(np.array_equal(probabilities, vae.predict(x_test, verbose=0)))  # deterministic
+        True
     """
 
     def __new__(cls, *args, **kwargs):
@@ -191,6 +221,7 @@ class VariationalModel(keras.Model):
         num_examples: int | None = None,
         max_consecutive_skips: int | None = 10,
         tile_at: str = "auto",
+        prediction: str = "sample",
         **kwargs,
     ):
         if isinstance(self, Functional):
@@ -234,6 +265,7 @@ class VariationalModel(keras.Model):
             )
         self.max_consecutive_skips = max_consecutive_skips
         self.tile_at = _tiling.check_tile_at(tile_at)
+        self.prediction = prediction
         self._tiling_plan = _tiling.plan(self)
         if self.tile_at == "latent" and self._tiling_plan.reason is not None:
             raise ValueError(
@@ -291,6 +323,12 @@ class VariationalModel(keras.Model):
         self._nonfinite_term_names: list[str] = []
         self._resume_skip_steps = 0
         self._trackers = {name: keras.metrics.Mean(name=name) for name in _FIXED_METRICS}
+        # `regularization` joins the logs once a step finds `model.losses` (see
+        # _regularization); until then a model without regularizers shows no such column.
+        self._reports_regularization = False
+        # Batches whose targets left the likelihood's support (read after fit / evaluate).
+        self._support_violations = keras.metrics.Sum(name="support_violations")
+        self._support_expected = "values in the likelihood's support"
         self._latent_trackers: dict[str, keras.metrics.Mean] = {}
         self._compiled_nll_loss = None
 
@@ -302,9 +340,38 @@ class VariationalModel(keras.Model):
                 "likelihood='bernoulli' | 'normal' | 'categorical' | 'poisson' (or a callable) "
                 "to the model, or a Keras loss to compile() to use as the negative log-likelihood."
             )
+        if self.likelihood is not None and loss is not None:
+            raise ValueError(
+                f"compile() got loss={loss!r}, but the model scores its output with "
+                f"likelihood={self._likelihood_name()!r}, so that loss would be ignored. Pass "
+                "either `likelihood` to the VariationalModel or `loss` to compile(), not both."
+            )
+        self._check_estimators()
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         self._compiled_nll_loss = loss
         self._create_latent_trackers()
+
+    def _likelihood_name(self) -> str:
+        likelihood = self.likelihood
+        return likelihood if isinstance(likelihood, str) else getattr(likelihood, "__name__", "?")
+
+    def _check_estimators(self) -> None:
+        """Each latent's estimator against the model's objective and K, before any step runs."""
+        for layer in self._latent_layers():
+            estimator = layer.resolved_estimator
+            if estimator is None:  # "auto": resolves to an estimator that suits any objective
+                continue
+            required = getattr(estimator, "requires_objective", None)
+            if required is not None and required != self.objective:
+                raise ValueError(
+                    f"Latent {layer.name!r}: estimator={type(estimator).__name__}() "
+                    f"needs objective={required!r}, but the model has objective="
+                    f"{self.objective!r}. Use kvi.VariationalModel(..., objective={required!r}, "
+                    "num_samples=K) with K >= 2, or another estimator."
+                )
+            baseline = getattr(estimator, "baseline", None)
+            if baseline is not None and hasattr(baseline, "validate"):
+                baseline.validate(num_samples=self.num_samples, objective=self.objective)
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -326,7 +393,10 @@ class VariationalModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = list(self._trackers.values()) + list(self._latent_trackers.values())
+        trackers = dict(self._trackers)
+        if not self._reports_regularization:
+            del trackers["regularization"]
+        metrics = list(trackers.values()) + list(self._latent_trackers.values())
         if getattr(self, "_compile_metrics", None) is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -337,11 +407,12 @@ class VariationalModel(keras.Model):
         except NotImplementedError:
             config = {"name": self.name, "trainable": self.trainable}
         likelihood = self.likelihood
+        owner = f"{type(self).__name__} {self.name!r}"
         if callable(likelihood):
-            likelihood = keras.saving.serialize_keras_object(likelihood)
+            likelihood = _serialization.serialize(likelihood, "likelihood", owner)
         kl_weight = self._kl_weight_config
         if isinstance(kl_weight, schedules.Schedule):
-            kl_weight = keras.saving.serialize_keras_object(kl_weight)
+            kl_weight = _serialization.serialize(kl_weight, "kl_weight", owner)
         config.update(
             {
                 "likelihood": likelihood,
@@ -352,9 +423,16 @@ class VariationalModel(keras.Model):
                 "num_examples": self.num_examples,
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "tile_at": self.tile_at,
+                "prediction": self.prediction,
             }
         )
         return config
+
+    def save(self, filepath, *args, **kwargs):
+        """`keras.Model.save`, refusing before any file is written when part of the model
+        could not be loaded back (an unregistered likelihood, `distribution_fn` or prior)."""
+        self.get_config()
+        return super().save(filepath, *args, **kwargs)
 
     @property
     def resolved_tile_at(self) -> str:
@@ -363,14 +441,57 @@ class VariationalModel(keras.Model):
             return "input"
         return "latent"
 
+    # ------------------------------------------------------------------ prediction
+    @property
+    def prediction(self) -> str:
+        """`"sample"` or `"mean"`: what calls outside a step return (see the class Args)."""
+        return self._prediction_mode
+
+    @prediction.setter
+    def prediction(self, value: str) -> None:
+        self._prediction_mode = _prediction.check(value)
+        # predict() keeps its traced function; the next call must trace the new mode.
+        self.predict_function = None
+
+    def __call__(self, *args, **kwargs):
+        """Calls the model; with `prediction="mean"` outside a step, deterministically.
+
+        Overriding `__call__` (not `call`) covers functional and subclassed models alike,
+        and `predict` and `export` both go through it.
+        """
+        if (
+            getattr(self, "_prediction_mode", "sample") == "sample"
+            # Inside another model's prediction, or a sampling pass (kvi.predict_samples).
+            or _prediction.current_mode() is not None
+            or _scope.in_step()
+            or in_symbolic_scope()
+            or any(isinstance(t, keras.KerasTensor) for t in tf.nest.flatten((args, kwargs)))
+        ):
+            return super().__call__(*args, **kwargs)
+        with _prediction.mode("mean"):
+            outputs = super().__call__(*args, **kwargs)
+        inputs = args[0] if args else kwargs.get("inputs")
+        return _prediction.likelihood_mean(self.likelihood, outputs, inputs)
+
     # ------------------------------------------------------------------ the objective
     def _unpack(self, data):
+        """(x, y) of a batch; the target is x itself for unsupervised data."""
+        x, y, _ = self._unpack_weighted(data)
+        return x, y
+
+    def _unpack_weighted(self, data):
+        """(x, y, sample_weight) of a batch; sample_weight is None or one weight per example."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
-            raise ValueError(
-                "VariationalModel does not support `sample_weight`; weight the likelihood "
-                "inside a callable `likelihood` instead."
-            )
+            sample_weight = tf.convert_to_tensor(sample_weight)
+            rank = sample_weight.shape.rank
+            if rank is not None and not (rank == 1 or (rank == 2 and sample_weight.shape[-1] == 1)):
+                raise ValueError(
+                    "`sample_weight` must hold one weight per example (shape (batch,) or "
+                    f"(batch, 1)), got shape {tuple(sample_weight.shape)}: VariationalModel "
+                    "weights each example's bound, not individual target entries."
+                )
+            sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         if y is None:
             if isinstance(x, (dict, list, tuple)) and len(tf.nest.flatten(x)) > 1:
                 raise ValueError(
@@ -378,7 +499,7 @@ class VariationalModel(keras.Model):
                     "several inputs pass the target explicitly as fit(x, y)."
                 )
             y = x
-        return x, y
+        return x, y, sample_weight
 
     def _log_likelihood(self, y_pred, y):
         if self.likelihood is not None:
@@ -398,13 +519,29 @@ class VariationalModel(keras.Model):
         num_samples: int | None = None,
         objective: str | None = None,
         kl_weight=None,
+        sample_weight=None,
     ):
         """Runs the model on K copies of each example and builds the bound.
 
         The copies start at the input or at the latents (see `tile_at`); either way the
         output has K*B rows, copy k of example b in row k*B + b.
 
-        Returns the dict of `keras_vi.objectives.compute` plus `y_pred` (all K*B rows).
+        Args:
+            x: the batch's inputs.
+            y: the batch's targets (x itself for unsupervised data).
+            training: whether this is a training step (estimators add their surrogates).
+            num_samples: K, default the model's.
+            objective: `"elbo"` or `"iwae"`, default the model's.
+            kl_weight: default the model's `kl_weight` variable.
+            sample_weight: None or one weight per example (shape [B]); see
+                `keras_vi.objectives.compute`.
+
+        Returns:
+            The dict of `keras_vi.objectives.compute`, plus `y_pred` (all K*B rows),
+            `regularization` (the sum of `model.losses`: weight regularizers, activity
+            regularizers and `add_loss` terms, already included in `loss` and `loss_value`)
+            and `target_in_support` (False when a target value lies outside the named
+            likelihood's support; None when that is not checked).
         """
         k = self.num_samples if num_samples is None else num_samples
         objective = self.objective if objective is None else objective
@@ -437,6 +574,7 @@ class VariationalModel(keras.Model):
                 y_pred = self(x_tiled, training=training)
             y_tiled = _tile(y, k)
             log_lik = self._log_likelihood(y_pred, y_tiled)
+            regularization = self._regularization()
             out = objectives.compute(
                 scope,
                 log_lik,
@@ -446,37 +584,81 @@ class VariationalModel(keras.Model):
                 free_bits=self.free_bits,
                 num_examples=self._num_examples_var,
                 training=training,
+                sample_weight=sample_weight,
             )
+        if regularization is not None:
+            out["loss"] = out["loss"] + regularization
+            out["loss_value"] = out["loss_value"] + regularization
+        out["regularization"] = regularization
+        out["target_in_support"] = self._target_in_support(y_pred, y)
         out["y_pred"] = y_pred
         return out
 
-    def _update_metrics(self, out, x, y, batch_size, ok=None):
+    def _regularization(self):
+        """The sum of `self.losses` after a forward pass (None when there are none).
+
+        Keras adds these to a model's loss: weight and activity regularizers and `add_loss`
+        terms. They are not part of the bound, so `elbo` leaves them out.
+        """
+        losses = self.losses
+        if not losses:
+            return None
+        self._reports_regularization = True
+        return tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
+
+    def _target_in_support(self, y_pred, y):
+        if not isinstance(y, tf.Tensor | np.ndarray) or isinstance(y_pred, (list, tuple, dict)):
+            return None
+        checked = likelihoods.support(self.likelihood, tuple(y_pred.shape), y)
+        if checked is None:
+            return None
+        self._support_expected = checked[1]
+        return tf.reduce_all(checked[0])
+
+    def _support_text(self) -> str:
+        return (
+            f"the target (a value outside the support of likelihood={self.likelihood!r}: "
+            f"expected {self._support_expected})"
+        )
+
+    def _update_metrics(self, out, x, y, batch_size, ok=None, sample_weight=None):
+        """Epoch means: `loss` (and `kl_weight`, `regularization`) per batch row as Keras
+        weighs its loss; the bound's terms by each example's sample weight."""
         weight = tf.cast(batch_size, tf.float32)
+        example_weight = out["example_weight"]
+        out = dict(out)
+        if out["regularization"] is None:
+            out["regularization"] = tf.constant(0.0)
         if ok is not None:
             # A skipped (non-finite) step must not poison the epoch means.
             weight = weight * tf.cast(ok, tf.float32)
-            out = dict(out)
-            for key in ("loss_value", "elbo", "nll", "kl"):
+            example_weight = example_weight * tf.cast(ok, tf.float32)
+            for key in ("loss_value", "elbo", "nll", "kl", "regularization"):
                 out[key] = tf.where(ok, out[key], 0.0)
             out["kl_per_latent"] = {
                 k: tf.where(ok, v, 0.0) for k, v in out["kl_per_latent"].items()
             }
-        values = {
+        per_row = {
             "loss": out["loss_value"],
-            "elbo": out["elbo"],
-            "nll": out["nll"],
-            "kl": out["kl"],
             "kl_weight": tf.convert_to_tensor(self.kl_weight),
+            "regularization": out["regularization"],
         }
-        for name, value in values.items():
+        per_example = {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"]}
+        for name, value in per_row.items():
             self._trackers[name].update_state(value, sample_weight=weight)
+        for name, value in per_example.items():
+            self._trackers[name].update_state(value, sample_weight=example_weight)
         for name, value in out["kl_per_latent"].items():
             if name in self._latent_trackers:
-                self._latent_trackers[name].update_state(value, sample_weight=weight)
+                self._latent_trackers[name].update_state(value, sample_weight=example_weight)
+        if out["target_in_support"] is not None:
+            self._support_violations.update_state(
+                1.0 - tf.cast(out["target_in_support"], tf.float32)
+            )
         if getattr(self, "_compile_metrics", None) is not None:
             y_pred = out["y_pred"]
             first = tf.nest.map_structure(lambda t: t[:batch_size], y_pred)
-            self._compile_metrics.update_state(y, first)
+            self._compile_metrics.update_state(y, first, sample_weight)
 
     def _logs(self, **extra):
         logs = {}
@@ -495,14 +677,14 @@ class VariationalModel(keras.Model):
         return logs
 
     def train_step(self, data):
-        x, y = self._unpack(data)
+        x, y, sample_weight = self._unpack_weighted(data)
         batch_size = _batch_size(x)
         if self._kl_schedule is not None:
             self.kl_weight.assign(tf.cast(self._kl_schedule(self.optimizer.iterations), "float32"))
         state = self._baseline_state()
         saved_state = [tf.identity(v.value) for v in state]
         with tf.GradientTape() as tape:
-            out = self.compute_objective(x, y, training=True)
+            out = self.compute_objective(x, y, training=True, sample_weight=sample_weight)
             loss = out["loss"]
             # Mirror Keras's own step: per-replica loss divided by the replica count (so the
             # summed gradients average), then the optimizer's loss scaling (mixed precision).
@@ -521,7 +703,7 @@ class VariationalModel(keras.Model):
         for variable, saved in zip(state, saved_state):
             variable.assign(tf.where(ok, variable.value, saved))
         self._record_skip(ok, term_names, term_ok)
-        self._update_metrics(out, x, y, batch_size, ok=ok)
+        self._update_metrics(out, x, y, batch_size, ok=ok, sample_weight=sample_weight)
         return self._logs(
             skipped_steps=self._skipped_steps.result(),
             **{_SKIP_COUNT_LOG: tf.identity(self._consecutive_skips)},
@@ -538,7 +720,11 @@ class VariationalModel(keras.Model):
 
     def _finiteness(self, out, gradients):
         """(names, finite flags) of each term of the step, in the order they are reported."""
-        terms = [("the likelihood (nll)", [out["nll"]])]
+        terms = []
+        if out["target_in_support"] is not None:
+            # A target outside the support gives a finite but meaningless log-likelihood.
+            terms.append((self._support_text(), [tf.where(out["target_in_support"], 0.0, np.nan)]))
+        terms.append(("the likelihood (nll)", [out["nll"]]))
         terms += [(f"the KL of latent {name!r}", [v]) for name, v in out["kl_per_latent"].items()]
         terms.append(("the total KL (latents and Bayesian layers' weight KL)", [out["kl"]]))
         terms.append(("the loss (bound or an estimator's surrogate)", [out["loss"]]))
@@ -554,9 +740,9 @@ class VariationalModel(keras.Model):
         self._skipped_steps.update_state(1.0 - tf.cast(ok, tf.float32))
 
     def test_step(self, data):
-        x, y = self._unpack(data)
-        out = self.compute_objective(x, y, training=False)
-        self._update_metrics(out, x, y, _batch_size(x))
+        x, y, sample_weight = self._unpack_weighted(data)
+        out = self.compute_objective(x, y, training=False, sample_weight=sample_weight)
+        self._update_metrics(out, x, y, _batch_size(x), sample_weight=sample_weight)
         return self._logs()
 
     # ------------------------------------------------------------------ fit conveniences
@@ -645,14 +831,25 @@ class VariationalModel(keras.Model):
         """`keras.Model.fit`, plus:
 
         Args:
-            validate_data: check NumPy inputs for strings, NaN/Inf and mismatched lengths
-                before training (a ValueError names the argument, example and batch).
-                Default: True for in-memory arrays.
+            validate_data: check NumPy inputs before training: strings, NaN/Inf, mismatched
+                lengths, sample weights that are negative or not one per example, and
+                targets outside the named likelihood's support (e.g. 0-255 pixels with
+                `"bernoulli"`); a ValueError names the argument, example and batch. Default:
+                True for in-memory arrays.
+
+        Monitoring callbacks (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`) left on
+        `mode="auto"` learn that `elbo` is maximised and `loss`, `nll`, `kl`, `kl/<latent>`
+        and `regularization` minimised. `class_weight` needs `likelihood="categorical"` (or
+        a compiled loss) and a target `y`.
         """
         if validate_data is None:
             validate_data = validation.is_in_memory(x)
         if validate_data:
-            validation.check_arrays(x, y, kwargs.get("batch_size"))
+            self._validate_arrays(x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
+        self._check_class_weight(x, y, kwargs.get("class_weight"))
+        y = self._unsupervised_target(x, y, kwargs.get("sample_weight"))
+        self._set_monitor_modes(kwargs.get("callbacks"))
+        self._support_violations.reset_state()
         self._skipped_steps.reset_state()
         self._consecutive_skips.assign(0)
         self._resume_skip_steps = self._mid_epoch_resume_steps(kwargs.get("callbacks"))
@@ -675,8 +872,93 @@ class VariationalModel(keras.Model):
                     "batch size). Pass num_examples=N to the VariationalModel."
                 )
         self._create_latent_trackers()
-        return super().fit(x, y, *args, **kwargs)
+        try:
+            history = super().fit(x, y, *args, **kwargs)
+        except Exception:
+            # A step that failed while being traced (a shape or support error) leaves a
+            # half-traced function behind; the next fit() must trace a fresh one.
+            self.train_function = None
+            raise
+        self._raise_if_outside_support("fit")
+        return history
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, x=None, y=None, *args, validate_data: bool | None = None, **kwargs):
+        """`keras.Model.evaluate`, with `fit`'s `validate_data` checks."""
+        if validate_data is None:
+            validate_data = validation.is_in_memory(x)
+        if validate_data:
+            self._validate_arrays(x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
         self._create_latent_trackers()
-        return super().evaluate(*args, **kwargs)
+        self._support_violations.reset_state()
+        y = self._unsupervised_target(x, y, kwargs.get("sample_weight"))
+        try:
+            result = super().evaluate(x, y, *args, **kwargs)
+        except Exception:
+            self.test_function = None  # as in fit(): never reuse a half-traced step
+            raise
+        self._raise_if_outside_support("evaluate")
+        return result
+
+    def _validate_arrays(self, x, y, sample_weight, batch_size) -> None:
+        validation.check_arrays(x, y, batch_size)
+        target = x if y is None else y
+        n = validation.num_examples(target)
+        if sample_weight is not None:
+            validation.check_sample_weight(sample_weight, n, batch_size)
+        outputs = getattr(self, "outputs", None)
+        if outputs and len(outputs) == 1 and validation.is_single_array(target):
+            validation.check_support(
+                self.likelihood,
+                tuple(outputs[0].shape),
+                target,
+                batch_size,
+                "x" if y is None else "y",
+            )
+
+    @staticmethod
+    def _unsupervised_target(x, y, sample_weight):
+        """y for fit/evaluate: x itself when unsupervised arrays come with sample weights.
+
+        Keras packs in-memory data as (x,) when y is None and drops `sample_weight` there.
+        """
+        if y is None and sample_weight is not None and validation.is_in_memory(x):
+            return x
+        return y
+
+    def _check_class_weight(self, x, y, class_weight) -> None:
+        if class_weight is None:
+            return
+        if y is None and validation.is_in_memory(x):
+            raise ValueError(
+                "`class_weight` weighs examples by their class in the target `y`, but fit() got "
+                "no `y` (unsupervised data). Pass per-example `sample_weight` instead."
+            )
+        if self.likelihood is not None and self.likelihood != "categorical":
+            raise ValueError(
+                f"`class_weight` needs a categorical target, but the model has likelihood="
+                f"{self._likelihood_name()!r}. Use likelihood='categorical' or pass "
+                "per-example `sample_weight`."
+            )
+
+    def _set_monitor_modes(self, callbacks) -> None:
+        """Gives monitoring callbacks on mode="auto" the direction of keras_vi's metrics."""
+        for callback in callbacks or []:
+            monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", None)
+            if not isinstance(monitor, str) or mode != "auto":
+                continue
+            name = monitor.removeprefix("val_")
+            direction = _METRIC_MODES.get(name)
+            if direction is None and name.startswith("kl/"):
+                direction = "min"
+            if direction is not None:
+                callback.mode = direction  # read when training begins
+
+    def _raise_if_outside_support(self, method: str) -> None:
+        count = int(self._support_violations.result())
+        if count:
+            raise ValueError(
+                f"{method}(): {count} batch(es) had target values outside the support of "
+                f"likelihood={self.likelihood!r} (expected {self._support_expected}); their "
+                "log-likelihood is meaningless (training steps on them were skipped). Fix the "
+                "data, e.g. scale 0-255 pixels to [0, 1] for 'bernoulli'."
+            )

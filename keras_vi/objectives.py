@@ -6,6 +6,7 @@ Rows of a tiled batch are laid out k-major: row k * B + b is sample k of example
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -57,6 +58,8 @@ class Signals:
     # Whether the caller ascends the value (a bound: True); sets the direction of auxiliary
     # objectives such as a learned baseline's regression.
     maximize: bool = True
+    # [B] per-example weights (Keras's `sample_weight`), or None for equal weights.
+    sample_weight: Any = None
 
     def to_samples(self, flat: tf.Tensor) -> tf.Tensor:
         """[K*B] -> [K, B]."""
@@ -65,13 +68,19 @@ class Signals:
     def reduce_samples(self, per_sample: tf.Tensor) -> tf.Tensor:
         """How a [K, B] score term enters the objective: mean over k for the ELBO (each
         sample estimates it alone), sum over k for IWAE (the bound depends on all K), and
-        the mean over the batch."""
+        the batch reduction of the loss: the mean, or with sample weights their weighted sum
+        divided by the batch size (Keras's "sum_over_batch_size")."""
         axis_k = tf.reduce_mean if self.objective == "elbo" else tf.reduce_sum
-        return tf.reduce_mean(axis_k(per_sample, axis=0))
+        per_example = axis_k(per_sample, axis=0)
+        if self.sample_weight is None:
+            return tf.reduce_mean(per_example)
+        batch = tf.cast(tf.shape(per_example)[0], per_example.dtype)
+        return tf.reduce_sum(self.sample_weight * per_example) / batch
 
     def score_log_prob(self, record) -> tf.Tensor:
         """log q(z) of a latent's samples with z held fixed, shape [K, B]."""
-        return self.to_samples(record.q.log_prob(tf.stop_gradient(record.z)))
+        held = tf.nest.map_structure(tf.stop_gradient, record.z)  # z may be a joint q's nest
+        return self.to_samples(record.q.log_prob(held))
 
     @property
     def normalized_weights(self) -> tf.Tensor:
@@ -138,6 +147,18 @@ def latent_kl(record, objective: str, free_bits: float | None):
     else:
         seed = tf.random.experimental.stateless_fold_in(record.seed, 1)
         kl = divergences.kl(q, p, method="mc", num_samples=layer.kl_samples, seed=seed)
+    if free_bits is not None and per_dim is None and tf.nest.is_nested(q.event_shape):
+        # A joint q (one event shape per part) has no per-dimension KL: spread its KL evenly
+        # over its D dimensions, so the free-bits floor is max(free_bits * D, KL), as for any
+        # latent without a per-dimension KL.
+        sizes = [shape.num_elements() for shape in tf.nest.flatten(q.event_shape)]
+        if any(size is None for size in sizes):
+            raise ValueError(
+                f"Latent {getattr(layer, 'name', '?')!r}: free_bits needs the event shapes of "
+                f"the parts of q to be fully known, got {q.event_shape}."
+            )
+        num_dims = max(1, sum(sizes))
+        per_dim = tf.tile(tf.cast(kl, tf.float32)[:, tf.newaxis] / num_dims, [1, num_dims])
     return kl, method, per_dim
 
 
@@ -145,8 +166,9 @@ def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
     """d sum(log w) / dz for every latent whose estimator asks for it (DReG).
 
     Rows are independent samples, so the gradient of the sum gives each row's own
-    d log w_k / d z_k. Needs `scope.path_tape`, a persistent tape that watched those z during
-    the forward pass (opened by `VariationalModel.compute_objective`).
+    d log w_k / d z_k (shaped like z: a structure of parts for a joint q). Needs
+    `scope.path_tape`, a persistent tape that watched those z during the forward pass (opened
+    by `VariationalModel.compute_objective`).
     """
     records = [r for r in scope.latents if getattr(r.estimator, "needs_path_gradient", False)]
     if not records:
@@ -166,7 +188,11 @@ def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
         )
         for i, upstream in enumerate(records):
             for j, downstream in enumerate(records):
-                if i != j and tape.gradient(downstream.z, upstream.z) is not None:
+                if i == j:
+                    continue
+                # z is a structure of parts for a joint q: any connected part is a dependence.
+                connected = tf.nest.flatten(tape.gradient(downstream.z, upstream.z))
+                if any(g is not None for g in connected):
                     raise ValueError(
                         f"Latent {getattr(downstream.layer, 'name', '?')!r} depends on the "
                         f"sample of latent {getattr(upstream.layer, 'name', '?')!r}, and both "
@@ -174,7 +200,21 @@ def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
                         "defined for latents that do not depend on one another. Use "
                         "estimator='reparameterization' for one of them."
                     )
-    return {id(r): tf.stop_gradient(g) for r, g in zip(records, gradients)}
+    return {id(r): tf.nest.map_structure(tf.stop_gradient, g) for r, g in zip(records, gradients)}
+
+
+def _weighted_mean(values: tf.Tensor, sample_weight: tf.Tensor | None) -> tf.Tensor:
+    """Mean of [K, B] or [B] values over every axis, example b weighted by sample_weight[b].
+
+    With all weights zero the mean is 0 (the batch then adds nothing to the epoch means).
+    """
+    if sample_weight is None:
+        return tf.reduce_mean(values)
+    if values.shape.rank == 2:
+        values = tf.reduce_mean(values, axis=0)
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(sample_weight * values), tf.reduce_sum(sample_weight)
+    )
 
 
 def compute(
@@ -187,17 +227,33 @@ def compute(
     free_bits: float | None,
     num_examples: tf.Tensor,
     training: bool,
+    sample_weight: tf.Tensor | None = None,
 ):
     """Builds the objective of one step.
 
+    With `sample_weight` ([B], one weight per example) every per-example term is weighted:
+    the reported `elbo`, `nll`, `kl` and `kl_per_latent` are weighted means, and the loss
+    follows Keras's losses (the weighted sum of the per-example negative bounds divided by
+    the batch size). Weight-KLs of Bayesian layers are global terms and are not weighted.
+
     Returns a dict with `loss` (the scalar to differentiate: -bound plus the estimators'
-    zero-valued surrogates), `loss_value` (-bound), `elbo`, `nll`, `kl`, `kl_per_latent`
-    (name -> mean KL), all per example; `bound` [B].
+    zero-valued surrogates), `loss_value` (its value: -bound), `elbo`, `nll`, `kl`,
+    `kl_per_latent` (name -> mean KL), all per example; `bound` [B]; `example_weight`, the
+    total weight of the batch's examples (B without sample weights).
     """
     k = num_samples
     to_kb = lambda t: tf.reshape(t, [k, -1])  # noqa: E731
     log_lik = to_kb(tf.cast(log_likelihood_flat, tf.float32))
     kl_weight = tf.cast(kl_weight, tf.float32)
+    batch = tf.cast(tf.shape(log_lik)[1], tf.float32)
+    if sample_weight is not None:
+        sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        example_weight = tf.reduce_sum(sample_weight)
+    else:
+        example_weight = batch
+    # Keras scales a weighted loss by sum(w) / B relative to the weighted mean.
+    loss_scale = example_weight / batch
+    wmean = lambda t: _weighted_mean(t, sample_weight)  # noqa: E731
 
     kls = {}
     kl_per_latent = {}
@@ -210,16 +266,22 @@ def compute(
         kl_kb = to_kb(kl_flat)
         kls[id(record)] = (kl_kb, method)
         name = record.layer.name
-        kl_per_latent[name] = kl_per_latent.get(name, 0.0) + tf.reduce_mean(kl_kb)
+        kl_per_latent[name] = kl_per_latent.get(name, 0.0) + wmean(kl_kb)
         total_kl = total_kl + kl_kb
         if free_bits is not None:
             if per_dim is None:
                 event_size = max(1, record.q.event_shape.num_elements() or 1)
-                free_bits_kl += tf.maximum(free_bits * event_size, tf.reduce_mean(kl_kb))
+                free_bits_kl += tf.maximum(free_bits * event_size, wmean(kl_kb))
             else:
-                free_bits_kl += tf.reduce_sum(
-                    tf.maximum(free_bits, tf.reduce_mean(per_dim, axis=0))
-                )
+                per_dim_kb = tf.reshape(per_dim, [k, -1, tf.shape(per_dim)[-1]])
+                if sample_weight is None:
+                    dim_means = tf.reduce_mean(per_dim_kb, axis=[0, 1])
+                else:
+                    weighted = tf.reduce_mean(per_dim_kb, axis=0) * sample_weight[:, tf.newaxis]
+                    dim_means = tf.math.divide_no_nan(
+                        tf.reduce_sum(weighted, axis=0), example_weight
+                    )
+                free_bits_kl += tf.reduce_sum(tf.maximum(free_bits, dim_means))
 
     weight_kl = tf.constant(0.0)
     for _, layer_kl in scope.weight_kls:
@@ -233,14 +295,14 @@ def compute(
     path_gradients = _path_gradients(scope, per_sample) if training else {}
     if objective == "iwae":
         bound = iwae_bound(per_sample)
-        value = tf.reduce_mean(bound)
+        value = wmean(bound)
     else:
         bound = tf.reduce_mean(per_sample, axis=0)
         if free_bits is not None:
-            value = tf.reduce_mean(log_lik) - kl_weight * free_bits_kl
+            value = wmean(log_lik) - kl_weight * free_bits_kl
         else:
-            value = tf.reduce_mean(bound)
-    value = value - kl_weight * weight_kl
+            value = wmean(bound)
+    value = loss_scale * value - kl_weight * weight_kl
 
     signals = Signals(
         objective=objective,
@@ -252,6 +314,7 @@ def compute(
         bound=bound,
         kls=kls,
         path_gradients=path_gradients,
+        sample_weight=sample_weight,
     )
     surrogate = tf.constant(0.0)
     for record in scope.latents if training else ():
@@ -259,8 +322,8 @@ def compute(
         if term is not None:
             surrogate += term
 
-    nll = -tf.reduce_mean(log_lik)
-    kl = tf.reduce_mean(total_kl) + weight_kl
+    nll = -wmean(log_lik)
+    kl = wmean(total_kl) + weight_kl
     return {
         "loss": -(value + surrogate - tf.stop_gradient(surrogate)),
         "loss_value": -value,
@@ -269,5 +332,6 @@ def compute(
         "kl": kl,
         "kl_per_latent": kl_per_latent,
         "bound": bound,
+        "example_weight": example_weight,
         "signals": signals,
     }

@@ -106,7 +106,9 @@ def predict_samples(
         nest of arrays as the model's outputs.
 
     Example:
-        >>> samples = kvi.predict_samples(model, x_test, num_samples=200)
+        >>> samples = kvi.predict_samples(model, x_grid, num_samples=200)
+        >>> samples.shape  # 200 draws of the 50 outputs (2 numbers each)
+        (200, 50, 2)
         >>> mean, std = samples.mean(axis=0), samples.std(axis=0)
     """
     num_samples = _check_num_samples(num_samples)
@@ -145,9 +147,13 @@ def predictive_mean_std(
         batch and event shape).
 
     Example:
-        >>> samples = kvi.predict_samples(model, x_grid, num_samples=200)   # (200, N, 2)
+        >>> samples = kvi.predict_samples(model, x_grid, num_samples=200)  # (200, 50, 2)
         >>> mean, std = kvi.predictive_mean_std(
         ...     samples, lambda out: tfd.Normal(out[..., :1], tf.nn.softplus(out[..., 1:])))
+        >>> mean.shape, std.shape
+        ((50, 1), (50, 1))
+        >>> bool(np.all(std >= samples[..., :1].std(axis=0)))  # noise adds to the spread
+        True
     """
     samples = np.asarray(samples)
     if samples.ndim < 1 or samples.shape[0] < 1:

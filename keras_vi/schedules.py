@@ -44,7 +44,11 @@ class Schedule:
         ...         return tf.cast(step >= self.at, tf.float32)
         ...     def get_config(self):
         ...         return {"at": self.at}
+        >>> [float(Step(500)(step)) for step in (499, 500)]
+        [0.0, 1.0]
         >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli", kl_weight=Step(500))
+        >>> float(vae.kl_weight.numpy())  # the weight at step 0
+        0.0
     """
 
     def __call__(self, step):
@@ -70,7 +74,8 @@ class Constant(Schedule):
         value: the weight (>= 0).
 
     Example:
-        >>> kvi.schedules.Constant(0.5)(1000)  # 0.5
+        >>> float(kvi.schedules.Constant(0.5)(1000))
+        0.5
     """
 
     def __init__(self, value: float = 1.0):
@@ -93,7 +98,9 @@ class Linear(Schedule):
         stop: the weight from step `warmup_steps` on (>= 0).
 
     Example:
-        >>> kvi.schedules.Linear(warmup_steps=1000)(500)  # 0.5
+        >>> warmup = kvi.schedules.Linear(warmup_steps=1000)
+        >>> [float(warmup(step)) for step in (0, 500, 1000, 5000)]
+        [0.0, 0.5, 1.0, 1.0]
     """
 
     def __init__(self, warmup_steps: int, start: float = 0.0, stop: float = 1.0):
@@ -126,7 +133,8 @@ class Cyclical(Schedule):
 
     Example:
         >>> sched = kvi.schedules.Cyclical(cycle_steps=1000, num_cycles=4, ratio=0.5)
-        >>> sched(250)  # 0.5
+        >>> [float(sched(step)) for step in (0, 250, 500, 999, 1000, 4000)]
+        [0.0, 0.5, 1.0, 1.0, 0.0, 1.0]
     """
 
     def __init__(
@@ -174,7 +182,8 @@ class Sigmoid(Schedule):
         stop: the weight the ramp approaches (>= 0).
 
     Example:
-        >>> kvi.schedules.Sigmoid(midpoint=2000, steepness=0.005)(2000)  # 0.5
+        >>> float(kvi.schedules.Sigmoid(midpoint=2000, steepness=0.005)(2000))
+        0.5
     """
 
     def __init__(self, midpoint: float, steepness: float, stop: float = 1.0):

@@ -52,3 +52,74 @@ def check_arrays(x, y, batch_size: int | None) -> None:
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"`{k}` has {v}" for k, v in lengths.items())
         raise ValueError(f"x and y must have the same number of examples; {shown} examples.")
+
+
+def is_single_array(structure) -> bool:
+    return (
+        structure is not None
+        and not isinstance(structure, (dict, list, tuple))
+        and any(True for _ in _arrays(structure, "y"))
+    )
+
+
+def num_examples(structure) -> int | None:
+    for _, array in _arrays(structure, "x"):
+        return int(array.shape[0]) if array.ndim else None
+    return None
+
+
+def check_sample_weight(sample_weight, n: int | None, batch_size: int | None) -> None:
+    """Raises ValueError unless `sample_weight` is one finite weight >= 0 per example."""
+    batch_size = batch_size or 32
+    weights = np.asarray(sample_weight)
+    if weights.dtype.kind not in "biuf":
+        raise ValueError(f"`sample_weight` must be numeric; got dtype {weights.dtype}.")
+    if not (weights.ndim == 1 or (weights.ndim == 2 and weights.shape[1] == 1)):
+        raise ValueError(
+            "`sample_weight` must hold one weight per example (shape (N,) or (N, 1)); got shape "
+            f"{weights.shape}. VariationalModel weights each example's bound, not single "
+            "target entries."
+        )
+    weights = weights.reshape(-1).astype("float64")
+    if n is not None and weights.shape[0] != n:
+        raise ValueError(
+            f"`sample_weight` has {weights.shape[0]} entries, expected one per example ({n})."
+        )
+    bad = ~np.isfinite(weights) | (weights < 0)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"`sample_weight` must be finite and >= 0; got {float(weights[row])} at example {row} "
+            f"(batch {row // batch_size} with batch_size={batch_size})."
+        )
+
+
+def check_support(likelihood, y_pred_shape, target, batch_size: int | None, name: str) -> None:
+    """Raises ValueError when a target value lies outside the named likelihood's support.
+
+    The message gives the first offending example, its batch and the value found, e.g. a
+    pixel of 255 for `likelihood="bernoulli"` (expected values in [0, 1]).
+    """
+    from keras_vi import likelihoods
+
+    batch_size = batch_size or 32
+    array = next(a for _, a in _arrays(target, name))
+    if array.ndim == 0 or array.dtype.kind not in "biuf":
+        return
+    checked = likelihoods.support(likelihood, y_pred_shape, array)
+    if checked is None:
+        return
+    ok, expected = checked
+    ok = np.asarray(ok)
+    if ok.all():
+        return
+    row = int(np.argmin(ok))
+    values = array[row].reshape(-1)
+    shown = np.unique(values)[:5].tolist()
+    raise ValueError(
+        f"`{name}` has values outside the support of likelihood={likelihood!r} at example "
+        f"{row} (batch {row // batch_size} with batch_size={batch_size}): found values "
+        f"{shown}{'...' if np.unique(values).size > 5 else ''} in {array.dtype} data, expected "
+        f"{expected}. For images stored as 0-255 integers divide by 255; pass "
+        "validate_data=False to skip this check."
+    )

@@ -130,6 +130,6 @@ def test_error_estimator_attached_to_incompatible_setup(
     binary_data, make_latent, width, kwargs, match
 ):
     model = small_vae(latent=make_latent(), params_width=width, **kwargs)
-    model.compile(optimizer="adam")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match):  # at compile() where the setup is known
+        model.compile(optimizer="adam")
         model.fit(binary_data[:32], epochs=1, verbose=0)

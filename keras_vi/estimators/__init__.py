@@ -5,7 +5,13 @@ from __future__ import annotations
 import keras
 
 from keras_vi.estimators import baselines
-from keras_vi.estimators.base import Estimator, is_reparameterized, path_only_log_prob
+from keras_vi.estimators.base import (
+    Estimator,
+    is_joint,
+    is_reparameterized,
+    path_only_log_prob,
+    stop_gradient_nested,
+)
 from keras_vi.estimators.relaxation import GumbelSoftmax
 from keras_vi.estimators.reparameterization import (
     DoublyReparameterized,
@@ -25,10 +31,12 @@ __all__ = [
     "VIMCO",
     "baselines",
     "get",
+    "is_joint",
     "is_reparameterized",
     "leave_one_out_bounds",
     "path_only_log_prob",
     "resolve_auto",
+    "stop_gradient_nested",
 ]
 
 _ALIASES = {

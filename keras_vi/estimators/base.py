@@ -34,17 +34,47 @@ def checks_training_setup() -> bool:
     return scope is None or bool(scope.training)
 
 
+def is_joint(q: tfd.Distribution) -> bool:
+    """Whether q's samples are structures (lists, dicts, tuples of parts), as those of the
+    `tfd.JointDistribution*` family (Sequential, Named, Coroutine, their AutoBatched variants).
+
+    Example:
+        >>> kvi.estimators.is_joint(tfd.JointDistributionNamed({"a": tfd.Normal(0.0, 1.0)}))
+        True
+    """
+    return tf.nest.is_nested(q.dtype)
+
+
 def is_reparameterized(q: tfd.Distribution) -> bool:
-    return q.reparameterization_type == tfd.FULLY_REPARAMETERIZED
+    """Whether q is fully reparameterized; a joint distribution only when every part is.
+
+    Example:
+        >>> q = tfd.JointDistributionSequential([tfd.Normal(0.0, 1.0), tfd.Bernoulli(0.5)])
+        >>> kvi.estimators.is_reparameterized(q)  # the Bernoulli part is not
+        False
+    """
+    return all(
+        part == tfd.FULLY_REPARAMETERIZED for part in tf.nest.flatten(q.reparameterization_type)
+    )
 
 
-def path_only_log_prob(q: tfd.Distribution, z: tf.Tensor) -> tf.Tensor:
+def stop_gradient_nested(z: Any) -> Any:
+    """`tf.stop_gradient` of a sample, part by part when it is a structure (a joint q's).
+
+    `tf.stop_gradient` itself would pack a list of parts into one tensor (or fail when the
+    parts differ in shape), and `q.log_prob` needs the structure.
+    """
+    return tf.nest.map_structure(tf.stop_gradient, z)
+
+
+def path_only_log_prob(q: tfd.Distribution, z: Any) -> tf.Tensor:
     """log q(z) whose gradient flows through z only, not through q's parameters.
 
     Written as log q(z) - (log q(stop z) - stop(log q(stop z))): same value, and the second
-    term removes the direct parameter gradient. Works for any q, flows included.
+    term removes the direct parameter gradient. Works for any q, flows and joint
+    distributions (z a structure of parts) included.
     """
-    direct = q.log_prob(tf.stop_gradient(z))
+    direct = q.log_prob(stop_gradient_nested(z))
     return q.log_prob(z) - (direct - tf.stop_gradient(direct))
 
 
@@ -76,6 +106,7 @@ class Estimator:
         ... class ScaledScore(kvi.estimators.ScoreFunction):
         ...     def learning_signal(self, record, signals):
         ...         return 0.5 * signals.learning_signal(record)
+        >>> latent = kvi.layers.BernoulliLatent(8, estimator=ScaledScore())
     """
 
     alias: str = ""
@@ -102,19 +133,22 @@ class Estimator:
                 f"kvi.expectation(..., objective='iwae')), got objective={objective!r}."
             )
         if self.pathwise and not is_reparameterized(q):
+            parts = " (every part must be FULLY_REPARAMETERIZED)" if is_joint(q) else ""
             raise ValueError(
                 f"estimator={type(self).__name__}() needs a reparameterizable q, but "
                 f"{type(q).__name__} has reparameterization_type="
-                f"{q.reparameterization_type}. Use estimator='score_function' (or 'auto')."
+                f"{q.reparameterization_type}{parts}. Use estimator='score_function' "
+                "(or 'auto')."
             )
         if strict and self.baseline is not None:
             self.baseline.validate(num_samples=num_samples, objective=objective)
 
-    def sample(self, q: tfd.Distribution, seed: tf.Tensor, sample_shape=()) -> tf.Tensor:
+    def sample(self, q: tfd.Distribution, seed: tf.Tensor, sample_shape=()) -> Any:
+        """z ~ q: a tensor, or for a joint q a structure of parts (list, dict, tuple)."""
         z = q.sample(sample_shape, seed=seed)
-        return z if self.pathwise else tf.stop_gradient(z)
+        return z if self.pathwise else stop_gradient_nested(z)
 
-    def log_prob(self, q: tfd.Distribution, z: tf.Tensor) -> tf.Tensor:
+    def log_prob(self, q: tfd.Distribution, z: Any) -> tf.Tensor:
         return q.log_prob(z)
 
     def surrogate(self, record, signals) -> tf.Tensor | None:

@@ -28,9 +28,13 @@ class Baseline(keras.layers.Layer):
     """Base class. Subclasses override `compute` (and `apply` to rescale the signal).
 
     Example:
-        >>> class Constant(Baseline):
+        >>> class Constant(kvi.estimators.baselines.Baseline):
         ...     def compute(self, signal, inputs, training):
         ...         return tf.constant(-100.0), None
+        >>> centred, auxiliary = Constant().apply(tf.constant([1.0, 2.0]), None, training=True)
+        >>> centred.numpy(), auxiliary  # the signal minus the baseline; nothing to train
+        (array([101., 102.], dtype=float32), None)
+        >>> est = kvi.estimators.ScoreFunction(baseline=Constant())
     """
 
     min_num_samples = 1

@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vi import _scope, schedules
-from keras_vi.estimators.base import Estimator, checks_training_setup
+from keras_vi import _scope, _serialization, schedules
+from keras_vi.estimators.base import Estimator, checks_training_setup, is_joint
 
 tfd = tfp.distributions
 
@@ -53,7 +53,10 @@ class GumbelSoftmax(Estimator):
     Example:
         >>> anneal = kvi.schedules.Linear(warmup_steps=5000, start=1.0, stop=0.5)
         >>> est = kvi.estimators.GumbelSoftmax(temperature=anneal, straight_through=True)
-        >>> z = kvi.layers.CategoricalLatent(10, num_variables=20, estimator=est)(logits)
+        >>> z = kvi.layers.CategoricalLatent(10, num_variables=20, estimator=est)(
+        ...     keras.layers.Dense(200)(h))
+        >>> z.shape  # 20 one-hot variables of 10 classes, flattened
+        (None, 200)
     """
 
     alias = "gumbel_softmax"
@@ -83,6 +86,13 @@ class GumbelSoftmax(Estimator):
         self.straight_through = straight_through
 
     def validate(self, q, *, objective, num_samples):
+        if is_joint(q):
+            raise ValueError(
+                "estimator=GumbelSoftmax() relaxes one categorical q, but q is the joint "
+                f"distribution {type(q).__name__} with parts {q.dtype}. Give each categorical "
+                "its own kvi.layers.CategoricalLatent, or use estimator='score_function' for "
+                "the joint q."
+            )
         if _categorical_base(q) is None:
             raise ValueError(
                 "estimator=GumbelSoftmax() relaxes a categorical q: expected OneHotCategorical "
@@ -121,10 +131,10 @@ class GumbelSoftmax(Estimator):
         if self.straight_through:
             hard = tf.one_hot(tf.argmax(soft, axis=-1), tf.shape(soft)[-1], dtype=soft.dtype)
             soft = soft + tf.stop_gradient(hard - soft)
-        return tf.cast(soft, q.dtype)
+        return tf.cast(soft, tf.as_dtype(q.dtype))
 
     def get_config(self):
         temperature = self.temperature
         if isinstance(temperature, schedules.Schedule):
-            temperature = keras.saving.serialize_keras_object(temperature)
+            temperature = _serialization.serialize(temperature, "temperature", "GumbelSoftmax")
         return {"temperature": temperature, "straight_through": self.straight_through}

@@ -60,13 +60,14 @@ class DoublyReparameterized(Estimator):
     correction sum_k stop((w_k^2 - w_k) d log w_k / d z_k) . z_k; `VariationalModel` provides
     d log w / d z by watching z with a gradient tape during the forward pass. Unbiased.
 
-    Needs `objective="iwae"` and a reparameterizable q. Latents using DReG must not depend on
+    Needs `objective="iwae"` and a reparameterizable q (for a joint q, every part; each
+    part then needs q's full batch shape). Latents using DReG must not depend on
     one another's samples (a ValueError says so), and layers that mix the rows of a batch
     (BatchNormalization in training mode) make d log w_k / d z_k include cross-sample terms.
 
     Example:
-        >>> z = kvi.layers.NormalLatent(16, estimator="dreg")(h)
-        >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli",
+        >>> z = kvi.layers.NormalLatent(16, estimator="dreg")(keras.layers.Dense(32)(h))
+        >>> vae = kvi.VariationalModel(x, keras.layers.Dense(784)(z), likelihood="bernoulli",
         ...                            objective="iwae", num_samples=16)
     """
 
@@ -80,18 +81,46 @@ class DoublyReparameterized(Estimator):
         return path_only_log_prob(q, z)
 
     def surrogate(self, record, signals):
-        gradient = signals.path_gradient(record)  # d sum(log w) / dz, shaped like z
-        z = record.z
+        # d sum(log w) / dz, shaped like z (part by part for a joint q).
+        gradients = tf.nest.flatten(signals.path_gradient(record))
         weights = tf.stop_gradient(signals.normalized_weights)
         coefficient = weights * weights - weights  # [K, B] (or [S, ...] in kvi.expectation)
-        event_rank = len(record.q.event_shape)
-        sample_rank = z.shape.rank - event_rank
-        coefficient = tf.reshape(coefficient, tf.shape(z)[:sample_rank])
-        coefficient = tf.reshape(
-            coefficient, tf.concat([tf.shape(coefficient), tf.ones([event_rank], tf.int32)], 0)
-        )
-        correction = tf.stop_gradient(coefficient * tf.cast(gradient, coefficient.dtype))
-        per_sample = tf.reduce_sum(
-            correction * tf.cast(z, correction.dtype), axis=list(range(sample_rank, z.shape.rank))
+        parts = tf.nest.flatten(record.z)
+        event_shapes = tf.nest.flatten(record.q.event_shape)
+        per_sample = tf.add_n(
+            [
+                _path_correction(coefficient, z, gradient, len(event_shape), index)
+                for index, (z, gradient, event_shape) in enumerate(
+                    zip(parts, gradients, event_shapes)
+                )
+            ]
         )
         return signals.reduce_samples(signals.to_samples(per_sample))
+
+
+def _path_correction(coefficient, z, gradient, event_rank: int, index: int) -> tf.Tensor:
+    """stop((w^2 - w) d log w / dz) . z for one part of z, summed over its event axes.
+
+    Returns a tensor of z's sample-and-batch shape (the model's K * B rows).
+    """
+    sample_rank = z.shape.rank - event_rank
+    sample_shape = z.shape[:sample_rank]
+    if (
+        coefficient.shape.num_elements() is not None
+        and sample_shape.num_elements() is not None
+        and coefficient.shape.num_elements() != sample_shape.num_elements()
+    ):
+        raise ValueError(
+            "estimator=DoublyReparameterized() needs every part of q's sample to carry one "
+            f"value per importance weight ({coefficient.shape.num_elements()}, log-weights "
+            f"of shape {coefficient.shape}), but part {index} of z has sample and batch shape "
+            f"{sample_shape}. Give every part of a joint q the full batch shape."
+        )
+    coefficient = tf.reshape(coefficient, tf.shape(z)[:sample_rank])
+    coefficient = tf.reshape(
+        coefficient, tf.concat([tf.shape(coefficient), tf.ones([event_rank], tf.int32)], 0)
+    )
+    correction = tf.stop_gradient(coefficient * tf.cast(gradient, coefficient.dtype))
+    return tf.reduce_sum(
+        correction * tf.cast(z, correction.dtype), axis=list(range(sample_rank, z.shape.rank))
+    )

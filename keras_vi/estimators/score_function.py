@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_vi import _serialization
 from keras_vi.estimators import baselines as baselines_lib
 from keras_vi.estimators.base import Estimator
 
@@ -13,8 +14,9 @@ from keras_vi.estimators.base import Estimator
 class ScoreFunction(Estimator):
     """REINFORCE: grad E_q[f] = E_q[(f(z) - b) grad log q(z)].
 
-    Works for any q, discrete included. The learning signal f is the per-sample objective
-    (ELBO) or the bound of the example (IWAE); a baseline b reduces variance without bias.
+    Works for any q, discrete and joint distributions included. The learning signal f is
+    the per-sample objective (ELBO) or the bound of the example (IWAE); a baseline b reduces
+    variance without bias.
 
     Args:
         baseline: None, or a `keras_vi.estimators.baselines.Baseline`: `MovingAverage(decay)`,
@@ -56,5 +58,7 @@ class ScoreFunction(Estimator):
     def get_config(self):
         baseline = self.baseline
         return {
-            "baseline": None if baseline is None else keras.saving.serialize_keras_object(baseline)
+            "baseline": None
+            if baseline is None
+            else _serialization.serialize(baseline, "baseline", "ScoreFunction")
         }

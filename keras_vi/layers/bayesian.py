@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vi import _random, _scope, divergences, priors
+from keras_vi import _prediction, _random, _scope, _serialization, divergences, priors
 
 tfd = tfp.distributions
 
@@ -71,7 +71,13 @@ def with_args(args: str):
 
 
 def standard_normal(shape, seed: tf.Tensor) -> tf.Tensor:
-    """float32 N(0, 1) draws from a stateless seed."""
+    """float32 N(0, 1) draws from a stateless seed.
+
+    Zeros when the model predicts with `prediction="mean"`: every layer's weight noise then
+    vanishes, so each computes its output at the posterior-mean weights.
+    """
+    if _prediction.point_estimates():
+        return tf.zeros(shape, tf.float32)
     return tf.random.stateless_normal(shape, seed, dtype=tf.float32, alg=RNG_ALG)
 
 
@@ -82,12 +88,15 @@ _state = threading.local()
 def kl_disabled():
     """Within this context (at trace time), Bayesian layers skip computing their weight KL.
 
-    Used by `kvi.predict_samples`, which only needs the layers' outputs.
+    Used by `kvi.predict_samples`, which only needs the layers' outputs. It is a sampling
+    pass, so it also keeps every stochastic layer drawing when the model's
+    `prediction="mean"`.
     """
     previous = getattr(_state, "kl_disabled", False)
     _state.kl_disabled = True
     try:
-        yield
+        with _prediction.sampling():
+            yield
     finally:
         _state.kl_disabled = previous
 
@@ -124,8 +133,10 @@ def _resolve_prior(prior: Any, argument: str, owner: str):
     return resolved
 
 
-def _serialize_prior(prior: Any) -> Any:
-    return keras.saving.serialize_keras_object(prior)
+def _serialize_prior(prior: Any, argument: str, layer: Any) -> Any:
+    if isinstance(prior, str):
+        return prior
+    return _serialization.serialize(prior, argument, f"{type(layer).__name__} {layer.name!r}")
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -161,6 +172,11 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         ...         seeds = self.next_seeds(2)
         ...         self.report_kl(seeds[1])
         ...         return x * self.sample_weight("kernel", seeds[0])
+        >>> scale = MyBayesianScale()
+        >>> scale(tf.ones([2, 3])).shape
+        TensorShape([2, 3])
+        >>> [w.name for w in scale.trainable_weights]  # the posterior's mean and raw scale
+        ['kernel_loc', 'kernel_raw_scale']
     """
 
     def __init__(
@@ -328,7 +344,7 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
 
     def report_kl(self, seed: tf.Tensor) -> None:
         """Sends this call's weight KL to the model (or to `add_loss` when asked to)."""
-        if getattr(_state, "kl_disabled", False):
+        if getattr(_state, "kl_disabled", False) or _prediction.point_estimates():
             return
         scope = _scope.current_scope()
         if scope is not None:
@@ -358,10 +374,10 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "prior": _serialize_prior(self.prior),
+                "prior": _serialize_prior(self.prior, "prior", self),
                 "bias_prior": None
                 if self.bias_prior is None
-                else _serialize_prior(self.bias_prior),
+                else _serialize_prior(self.bias_prior, "bias_prior", self),
                 "posterior_scale_init": self.posterior_scale_init,
                 "kl": self.kl,
                 "kl_samples": self.kl_samples,

@@ -9,9 +9,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from tensorflow_probability.python.internal import samplers
 
-from keras_vi import _random, _scope, divergences, estimators, priors
+from keras_vi import _prediction, _random, _scope, divergences, estimators, priors
+from keras_vi.layers import bayesian
 
 tfd = tfp.distributions
 logger = logging.getLogger("keras_vi")
@@ -29,8 +31,24 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
     """A stochastic layer: parameters in, a sample z ~ q(z | parameters) out.
 
     Inside a `kvi.VariationalModel`'s training or evaluation step, the layer also records q,
-    z, its prior and its estimator, from which the model builds the ELBO. Outside one (for
-    example in `predict`), it simply returns a sample.
+    z, its prior and its estimator, from which the model builds the ELBO (and adds nothing
+    to `layer.losses`).
+
+    Outside a `VariationalModel` step, for example in a plain `keras.Model` or
+    `keras.Sequential`, a layer with a prior adds its KL(q || prior) to `layer.losses` on
+    every call, as Keras's activity regularizers do: the per-example KL (summed over q's
+    axes after the first), averaged over the batch, computed as `kl` says (a Monte Carlo
+    KL uses `kl_samples` fresh draws). A plain model's loss, a per-example mean such as
+    the summed binary cross-entropy of the reconstruction, plus this term is the negative
+    per-example ELBO, in `fit` and in `evaluate`. Nothing is added inside
+    `keras_vi.layers.bayesian.kl_disabled()` (`kvi.predict_samples`), in symbolic shape
+    inference, or where the model predicts with `prediction="mean"`.
+
+    q may be a joint distribution (`tfd.JointDistributionSequential`, `...Named`,
+    `...Coroutine`, or their AutoBatched variants): the layer then returns its structured
+    sample (a list, dict or tuple of tensors, each with the batch axis first), `"auto"`
+    picks `Reparameterization` only when every part is fully reparameterized, and the prior
+    must be a joint distribution of the same structure (or a callable q -> one).
 
     Args:
         distribution_fn: callable mapping the layer's input tensor to a `tfd.Distribution`
@@ -42,7 +60,8 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             or a `kvi.estimators.Estimator`.
         kl: `"auto"` (closed form when TFP has one, Monte Carlo otherwise), `"analytic"`
             (ValueError when no closed form exists) or `"mc"`.
-        kl_samples: draws for a Monte Carlo KL; 1 reuses the sample the layer returns.
+        kl_samples: draws for a Monte Carlo KL; 1 reuses the sample the layer returns
+            inside a `VariationalModel` step (outside one, the draws are fresh).
         seed: optional int for this layer's `keras.random.SeedGenerator`.
 
     Example:
@@ -50,6 +69,8 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         ...     loc, raw = tf.split(params, 2, axis=-1)
         ...     return tfd.Independent(tfd.Normal(loc, tf.nn.softplus(raw) + 1e-5), 1)
         >>> z = kvi.layers.Latent(gaussian, prior="standard_normal", name="z")(h)
+        >>> z.shape  # h has 64 units: 32 locations and 32 raw scales
+        (None, 32)
     """
 
     # Whether this layer's q is fully reparameterized; None means: probe q once in build.
@@ -117,7 +138,28 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         return self._resolved_estimator
 
     def prior_distribution(self, q: tfd.Distribution) -> tfd.Distribution | None:
-        return None if self.prior is None else self.prior(q)
+        """p(z) for this call's q (None without a prior)."""
+        if self.prior is None:
+            return None
+        if not estimators.is_joint(q):
+            return self.prior(q)
+        try:
+            p = self.prior(q)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: `prior` {self.prior!r} cannot give a "
+                f"prior for the joint distribution {type(q).__name__} (parts {q.dtype}); "
+                "expected a joint distribution of the same structure, or a callable q -> one."
+            ) from err
+        try:
+            tf.nest.assert_same_structure(q.dtype, p.dtype)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: the prior's parts {p.dtype} do not "
+                f"match the parts of q ({type(q).__name__}), {q.dtype}; expected a joint "
+                "distribution of the same structure."
+            ) from err
+        return p
 
     def call(self, inputs, training=None):
         inputs = tf.cast(inputs, tf.float32)
@@ -127,6 +169,10 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             multiples = [scope.num_samples] + [1] * (inputs.shape.rank - 1)
             inputs = tf.tile(inputs, multiples)
         q = self.make_distribution(inputs)
+        if scope is None and _prediction.point_estimates():
+            # The model's prediction="mean": a deterministic point of q, no draw.
+            z = _prediction.point_estimate(q, f"{type(self).__name__} {self.name!r}")
+            return self._floating_to_compute_dtype(z)
         estimator = self._resolved_estimator
         seed = _random.draw_tfp_seed(self.seed_generator)
         if scope is not None:
@@ -145,7 +191,45 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
                     seed=seed,
                 )
             )
-        return tf.cast(z, self.compute_dtype) if z.dtype.is_floating else z
+        elif training is True and not estimator.pathwise and not in_symbolic_scope():
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} uses estimator={estimator!r}, whose "
+                "gradient comes from a surrogate that only kvi.VariationalModel builds: trained "
+                "in a plain keras.Model, the layers before it would get no gradient from the "
+                "likelihood. Train it in a kvi.VariationalModel, or use a reparameterizable "
+                "latent (NormalLatent, RelaxedCategoricalLatent)."
+            )
+        if (
+            scope is None
+            and self.prior is not None
+            and not in_symbolic_scope()
+            and not _kl_disabled()
+        ):
+            # A plain Keras model: report the KL as a Keras loss (a VariationalModel builds
+            # the KL itself, so adding it there would count it twice).
+            self.add_loss(self._mean_kl(q, seed))
+        return self._floating_to_compute_dtype(z)
+
+    def _floating_to_compute_dtype(self, z):
+        """z cast to the compute dtype where floating, part by part for a joint q."""
+        return tf.nest.map_structure(
+            lambda part: tf.cast(part, self.compute_dtype) if part.dtype.is_floating else part,
+            z,
+        )
+
+    def _mean_kl(self, q: tfd.Distribution, seed: tf.Tensor) -> tf.Tensor:
+        """KL(q || prior) per example (summed over q's axes after the first), batch mean."""
+        kl = divergences.kl(
+            q,
+            self.prior_distribution(q),
+            method=self.kl,
+            num_samples=self.kl_samples,
+            seed=tf.random.experimental.stateless_fold_in(seed, 1),
+        )
+        kl = tf.cast(kl, tf.float32)
+        if kl.shape.rank:
+            kl = tf.reduce_sum(tf.reshape(kl, [tf.shape(kl)[0], -1]), axis=1)
+        return tf.reduce_mean(kl)
 
     def _validate_kl(self, q, scope):
         if self.prior is None:
@@ -160,23 +244,32 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         probe = self.make_distribution(tf.zeros([1 if d is None else d for d in inputs.shape]))
-        shape = (inputs.shape[0], *probe.event_shape)
-        dtype = self.compute_dtype if probe.dtype.is_floating else probe.dtype.name
-        return keras.KerasTensor(shape, dtype=dtype)
+
+        def spec(event_shape, dtype):
+            # TFP accepts dtype strings ("float32") and keeps them as given.
+            dtype = tf.as_dtype(dtype)
+            return keras.KerasTensor(
+                (inputs.shape[0], *event_shape),
+                dtype=self.compute_dtype if dtype.is_floating else dtype.name,
+            )
+
+        # A joint q has one event shape and dtype per part: the output is that structure.
+        return tf.nest.map_structure(spec, probe.event_shape, probe.dtype)
 
     def get_config(self):
+        from keras_vi._serialization import serialize
+
         config = super().get_config()
+        owner = f"{type(self).__name__} {self.name!r}"
         config.update(
             {
                 "distribution_fn": None
                 if self.distribution_fn is None
-                else keras.saving.serialize_keras_object(self.distribution_fn),
-                "prior": None
-                if self.prior is None
-                else keras.saving.serialize_keras_object(self.prior),
+                else serialize(self.distribution_fn, "distribution_fn", owner),
+                "prior": None if self.prior is None else serialize(self.prior, "prior", owner),
                 "estimator": self.estimator
                 if isinstance(self.estimator, str)
-                else keras.saving.serialize_keras_object(self.estimator),
+                else serialize(self.estimator, "estimator", owner),
                 "kl": self.kl,
                 "kl_samples": self.kl_samples,
                 "seed": self.seed,
@@ -191,6 +284,11 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _kl_disabled() -> bool:
+    """Whether the caller asked stochastic layers to skip their KL (`kvi.predict_samples`)."""
+    return getattr(bayesian._state, "kl_disabled", False)
 
 
 def _check_width(layer: Latent, input_shape, expected: int, what: str) -> None:
@@ -242,8 +340,10 @@ class NormalLatent(Latent):
             `keras.layers.Layer` arguments (`name`, ...).
 
     Example:
-        >>> h = keras.layers.Dense(2 * 16)(features)
-        >>> z = kvi.layers.NormalLatent(16, name="z")(h)
+        >>> params = keras.layers.Dense(2 * 16)(h)  # 16 locations, 16 raw scales
+        >>> z = kvi.layers.NormalLatent(16, name="z")(params)
+        >>> z.shape
+        (None, 16)
     """
 
     reparameterized = True
@@ -286,6 +386,8 @@ class BernoulliLatent(Latent):
 
     Example:
         >>> z = kvi.layers.BernoulliLatent(200, name="bits")(keras.layers.Dense(200)(h))
+        >>> z.shape
+        (None, 200)
     """
 
     reparameterized = False
@@ -323,6 +425,8 @@ class CategoricalLatent(Latent):
     Example:
         >>> z = kvi.layers.CategoricalLatent(10, num_variables=20, estimator="score_function")(
         ...     keras.layers.Dense(200)(h))
+        >>> z.shape  # 20 one-hot variables of 10 classes, flattened
+        (None, 200)
     """
 
     reparameterized = False

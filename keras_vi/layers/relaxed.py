@@ -46,8 +46,9 @@ class RelaxedUniform(priors.Prior):
         shape = q.event_shape
         if not shape.is_fully_defined():
             raise ValueError(f"RelaxedUniform: q's event shape {shape} must be fully known.")
+        dtype = tf.as_dtype(q.dtype)  # TFP keeps a dtype given as a string ("float32") as is
         base = tfd.ExpRelaxedOneHotCategorical(
-            tf.constant(self.temperature, q.dtype), logits=tf.zeros(shape, q.dtype)
+            tf.constant(self.temperature, dtype), logits=tf.zeros(shape, dtype)
         )
         return tfd.Independent(base, len(shape) - 1) if len(shape) > 1 else base
 
