@@ -1,10 +1,18 @@
 """Models saved by keras_vi 0.1.0 (tests/data) must keep loading in every later version.
 
-The fixture is written once by tests/data/make_fixture.py; never regenerate it to make this
-test pass: a failure here means a saved user model would no longer load.
+The fixtures are written once by tests/data/make_fixture.py; never regenerate them to make this
+test pass: a failure here means a saved user model would no longer load. One was written with
+the oldest Keras keras_vi supports (3.10) and must load in every supported Keras; one with Keras
+3.15, which loads from Keras 3.15 on. A file written by a newer Keras can fail in an older one
+(Keras 3.15 writes initializer arguments older versions refuse); its weights file still loads
+into the rebuilt model in any supported Keras, which is what the README tells users to do.
 """
 
+import glob
+import json
 import os
+import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -13,13 +21,57 @@ import pytest
 import keras_vi as kvi
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
+FIXTURES = sorted(glob.glob(os.path.join(DATA, "vae_v0_1_0_keras*.keras")))
+KERAS_VERSION = tuple(int(part) for part in keras.__version__.split(".")[:2])
 
 
-@pytest.fixture(scope="module")
-def saved():
-    model = keras.models.load_model(os.path.join(DATA, "vae_v0_1_0.keras"))
-    expected = np.load(os.path.join(DATA, "vae_v0_1_0.npz"))
+def _written_by(path):
+    with zipfile.ZipFile(path) as archive:
+        version = json.loads(archive.read("metadata.json"))["keras_version"]
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def _loadable(path):
+    return _written_by(path) <= KERAS_VERSION
+
+
+def test_fixtures_cover_the_oldest_supported_keras():
+    assert [_written_by(path) for path in FIXTURES] == [(3, 10), (3, 15)]
+
+
+@pytest.fixture(
+    scope="module",
+    params=[p for p in FIXTURES if _loadable(p)],
+    ids=lambda p: os.path.basename(p),
+)
+def saved(request):
+    model = keras.models.load_model(request.param)
+    expected = np.load(request.param.replace(".keras", ".npz"))
     return model, expected
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
+def test_weights_file_loads_into_the_rebuilt_model(path):
+    """What a user does with a file from a newer Keras: rebuild in code, load the weights."""
+    sys.path.insert(0, DATA)
+    try:
+        from make_fixture import build
+    finally:
+        sys.path.remove(DATA)
+    model = build()
+    model.load_weights(path.replace(".keras", ".weights.h5"))
+    expected = np.load(path.replace(".keras", ".npz"))
+    for i, variable in enumerate(model.weights):
+        np.testing.assert_array_equal(variable.numpy(), expected[f"weight_{i}"], variable.path)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
+def test_file_loads_unless_a_newer_keras_wrote_it(path):
+    if _loadable(path):
+        assert isinstance(keras.models.load_model(path), kvi.VariationalModel)
+    else:  # what the README says: upgrade Keras, or rebuild the model and load the weights
+        with pytest.raises((TypeError, ValueError)):
+            keras.models.load_model(path)
 
 
 def test_saved_model_config_round_trips(saved):

@@ -1,10 +1,14 @@
 """Writes the saved-model fixture that every later keras_vi version must still load.
 
-Run once per format change, never to "fix" a failing compatibility test:
+Run once per format change, never to "fix" a failing compatibility test, with the OLDEST Keras
+keras_vi supports (constraints/minimum.txt), since older files load in newer Keras but not
+always the reverse:
     python tests/data/make_fixture.py
-It saves `vae_v0_1_0.keras` (a model using the library's latents, estimators, baselines,
-priors, schedule and a Bayesian layer, after a little training) and `vae_v0_1_0.npz` (its
-weights and deterministic outputs on fixed inputs).
+It saves `vae_v<keras_vi>_keras<X_Y>.keras` (a model using the library's latents, estimators,
+baselines, priors, schedule and a Bayesian layer, after a little training), the `.npz` of the
+same name (its weights and deterministic outputs on fixed inputs) and a `.weights.h5` (the
+weights alone, which load in any Keras 3 into a model rebuilt by `build()`). The 0.1.0 files
+were written by keras_vi 0.1.0 with Keras 3.10 and with Keras 3.15.
 """
 
 import os
@@ -47,14 +51,17 @@ def main():
     model = build()
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     model.fit(x, epochs=2, batch_size=16, verbose=0)
-    model.save(os.path.join(HERE, "vae_v0_1_0.keras"))
+    major, minor = keras.__version__.split(".")[:2]
+    stem = os.path.join(HERE, f"vae_v{kvi.__version__.replace('.', '_')}_keras{major}_{minor}")
+    model.save(f"{stem}.keras")
+    model.save_weights(f"{stem}.weights.h5")
     # Deterministic values: the latent's closed-form KL for parameters from a fixed hidden input.
     h = np.random.default_rng(1).normal(size=(8, 16)).astype("float32")
     latent = model.get_layer("z")
     params = model.get_layer("zp")(h).numpy()
     q = latent.make_distribution(params)
     np.savez(
-        os.path.join(HERE, "vae_v0_1_0.npz"),
+        f"{stem}.npz",
         h=h,
         z_params=params,
         z_kl=q.kl_divergence(latent.prior_distribution(q)).numpy(),
