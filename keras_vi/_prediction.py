@@ -20,7 +20,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vi import _scope
+from keras_vi import _scope, likelihoods
 
 tfd = tfp.distributions
 
@@ -157,12 +157,7 @@ def likelihood_mean(likelihood: Any, y_pred: Any, inputs: Any = None) -> Any:
     if likelihood is None:
         return y_pred
     if callable(likelihood):
-        dist = likelihood(y_pred)
-        if not isinstance(dist, tfd.Distribution):
-            raise ValueError(
-                "A callable `likelihood` must return a tfd.Distribution, got "
-                f"{type(dist).__name__}."
-            )
+        dist = likelihoods.call_likelihood(likelihood, y_pred)
         try:
             return dist.mean()
         except NotImplementedError as error:

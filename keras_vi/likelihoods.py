@@ -45,16 +45,21 @@ def _float_target(y, likelihood):
     return tf.cast(y, tf.float32)
 
 
+def call_likelihood(likelihood, y_pred) -> tfd.Distribution:
+    """The distribution a callable `likelihood` gives for the model's output (checked)."""
+    dist = likelihood(y_pred)
+    if not isinstance(dist, tfd.Distribution):
+        raise ValueError(
+            f"A callable `likelihood` must return a tfd.Distribution, got {type(dist).__name__}."
+        )
+    return dist
+
+
 def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, tf.Tensor]:
     """Returns (distribution over the target, the target cast for its log_prob)."""
     y = tf.convert_to_tensor(y)
     if callable(likelihood):
-        dist = likelihood(y_pred)
-        if not isinstance(dist, tfd.Distribution):
-            raise ValueError(
-                "A callable `likelihood` must return a tfd.Distribution, got "
-                f"{type(dist).__name__}."
-            )
+        dist = call_likelihood(likelihood, y_pred)
         return dist, tf.cast(y, dist.dtype)
     y_pred = tf.cast(y_pred, tf.float32)
     if likelihood == "bernoulli":

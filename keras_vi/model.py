@@ -943,15 +943,26 @@ class VariationalModel(keras.Model):
     def _set_monitor_modes(self, callbacks) -> None:
         """Gives monitoring callbacks on mode="auto" the direction of keras_vi's metrics."""
         for callback in callbacks or []:
-            monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", None)
-            if not isinstance(monitor, str) or mode != "auto":
+            monitor = getattr(callback, "monitor", None)
+            if not isinstance(monitor, str):
                 continue
             name = monitor.removeprefix("val_")
             direction = _METRIC_MODES.get(name)
             if direction is None and name.startswith("kl/"):
                 direction = "min"
-            if direction is not None:
-                callback.mode = direction  # read when training begins
+            if direction is None:
+                continue
+            if hasattr(callback, "mode"):
+                if callback.mode == "auto":
+                    callback.mode = direction  # read when training begins
+            elif direction == "max" and getattr(callback, "monitor_op", None) is np.less:
+                # Keras before 3.11's MonitorCallback fixes the comparison in the constructor
+                # and keeps no `mode`: "auto" there minimises every name without "acc".
+                raise ValueError(
+                    f"{type(callback).__name__}(monitor={monitor!r}) would keep the lowest "
+                    f"{monitor}, but {name!r} is better when higher. With Keras "
+                    f"{keras.__version__} pass mode='max' to it."
+                )
 
     def _raise_if_outside_support(self, method: str) -> None:
         count = int(self._support_violations.result())
