@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -137,6 +138,23 @@ def _in_multi_worker_mode() -> bool:
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
     return strategy.extended._in_multi_worker_mode()
+
+
+def _as_keywords(method, args: tuple, kwargs: dict) -> dict:
+    """Keras `fit`/`evaluate` arguments after x and y given by position, as keywords.
+
+    So that `sample_weight`, `batch_size` or `callbacks` passed by position are seen by the
+    checks that read them.
+    """
+    if not args:
+        return kwargs
+    names = list(inspect.signature(method).parameters)[2:]  # after x and y
+    if len(args) > len(names):
+        raise TypeError(f"{method.__name__}() got {len(args) + 2} positional arguments.")
+    duplicated = sorted(set(names[: len(args)]) & set(kwargs))
+    if duplicated:
+        raise TypeError(f"{method.__name__}() got multiple values for {duplicated}.")
+    return {**dict(zip(names, args)), **kwargs}
 
 
 def _batch_size(structure) -> tf.Tensor:
@@ -842,6 +860,7 @@ class VariationalModel(keras.Model):
         and `regularization` minimised. `class_weight` needs `likelihood="categorical"` (or
         a compiled loss) and a target `y`.
         """
+        kwargs = _as_keywords(super().fit, args, kwargs)
         if validate_data is None:
             validate_data = validation.is_in_memory(x)
         if validate_data:
@@ -873,7 +892,7 @@ class VariationalModel(keras.Model):
                 )
         self._create_latent_trackers()
         try:
-            history = super().fit(x, y, *args, **kwargs)
+            history = super().fit(x, y, **kwargs)
         except Exception:
             # A step that failed while being traced (a shape or support error) leaves a
             # half-traced function behind; the next fit() must trace a fresh one.
@@ -884,6 +903,7 @@ class VariationalModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, validate_data: bool | None = None, **kwargs):
         """`keras.Model.evaluate`, with `fit`'s `validate_data` checks."""
+        kwargs = _as_keywords(super().evaluate, args, kwargs)
         if validate_data is None:
             validate_data = validation.is_in_memory(x)
         if validate_data:
@@ -892,7 +912,7 @@ class VariationalModel(keras.Model):
         self._support_violations.reset_state()
         y = self._unsupervised_target(x, y, kwargs.get("sample_weight"))
         try:
-            result = super().evaluate(x, y, *args, **kwargs)
+            result = super().evaluate(x, y, **kwargs)
         except Exception:
             self.test_function = None  # as in fit(): never reuse a half-traced step
             raise

@@ -132,6 +132,13 @@ def test_evaluate_sample_weight_gives_weighted_means(jit_compile):
     assert abs(weighted_mean - LOG_PX.mean()) > 0.05  # the weights matter here
 
 
+def test_sample_weight_passed_by_position_is_honoured():
+    model = conjugate_model()
+    # evaluate(x, y, batch_size, verbose, sample_weight): weights in fifth place.
+    logs = model.evaluate(X, None, 20, 0, WEIGHTS, return_dict=True)
+    assert logs["elbo"] == pytest.approx(np.sum(WEIGHTS * LOG_PX) / np.sum(WEIGHTS), abs=1e-5)
+
+
 def test_evaluate_sample_weight_from_a_dataset():
     model = conjugate_model()
     dataset = tf.data.Dataset.from_tensor_slices((X, X, WEIGHTS)).batch(16)
