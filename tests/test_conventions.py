@@ -338,21 +338,24 @@ def test_targets_outside_the_support_are_refused(binary_data, make_target, likel
         model.fit(x, y, epochs=1, verbose=0)
 
 
-def test_integer_labels_against_a_bernoulli_output(binary_data):
+def _one_latent_model(output_width, likelihood):
     inputs = keras.Input((20,))
     z = kvi.layers.NormalLatent(2, name="z")(keras.layers.Dense(4)(inputs))
-    model = kvi.VariationalModel(inputs, keras.layers.Dense(1)(z), likelihood="bernoulli")
+    outputs = keras.layers.Dense(output_width)(z)
+    model = kvi.VariationalModel(inputs, outputs, likelihood=likelihood)
     model.compile(optimizer="adam")
+    return model
+
+
+def test_integer_labels_against_a_bernoulli_output(binary_data):
+    model = _one_latent_model(1, "bernoulli")
     labels = (np.arange(256) % 10).astype("int64")[:, None]
     with pytest.raises(ValueError, match=r"`y` has values outside .* expected values in \[0, 1\]"):
         model.fit(binary_data, labels, epochs=1, verbose=0)
 
 
 def test_categorical_class_ids_out_of_range(binary_data):
-    inputs = keras.Input((20,))
-    z = kvi.layers.NormalLatent(2, name="z")(keras.layers.Dense(4)(inputs))
-    model = kvi.VariationalModel(inputs, keras.layers.Dense(3)(z), likelihood="categorical")
-    model.compile(optimizer="adam")
+    model = _one_latent_model(3, "categorical")
     with pytest.raises(ValueError, match=r"expected integer class ids in \[0, 2\]"):
         model.fit(binary_data, np.arange(256) % 4, epochs=1, verbose=0)
     one_hot = np.eye(3, dtype="float32")[np.arange(256) % 3]
