@@ -1,44 +1,23 @@
-"""Stateless seeds for TFP, drawn from Keras seed generators."""
+"""Stateless seeds for TFP, drawn from Keras seed generators (see `keras_vi.backend.random`)."""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from keras_vi.backend import random as backend_random
 
 
 def make_seed_generator(seed: int | None, name: str) -> keras.random.SeedGenerator:
     return keras.random.SeedGenerator(seed, name=f"{name}_seed_generator")
 
 
-def draw_tfp_seed(generator) -> tf.Tensor:
-    """Returns an int32[2] stateless seed for TFP.
-
-    Each call advances the generator, so every training step gets fresh noise. Under a
-    distribution strategy the replica id is folded in, so replicas draw independent noise
-    while the generator state (a mirrored variable) stays identical on all of them.
-    """
-    if generator is None:
-        generator = keras.random.SeedGenerator()
-    if isinstance(generator, int):
-        return tf.constant([generator, 0], dtype=tf.int32)
-    if not isinstance(generator, keras.random.SeedGenerator):
-        seed = tf.convert_to_tensor(generator)
-        if seed.shape != (2,) or not seed.dtype.is_integer:
-            raise ValueError(
-                "`seed` must be None, an int, an integer tensor of shape [2] or a "
-                f"keras.random.SeedGenerator; got {generator!r}."
-            )
-        return tf.cast(seed, tf.int32)
-    seed = tf.cast(generator.next(), tf.int32)
-    replica_context = tf.distribute.get_replica_context()
-    if replica_context is not None and replica_context.num_replicas_in_sync > 1:
-        replica_id = tf.cast(replica_context.replica_id_in_sync_group, tf.int32)
-        seed = tf.random.experimental.stateless_fold_in(seed, replica_id)
-    return seed
+def draw_tfp_seed(generator):
+    """A stateless seed for TFP from a generator, an int or a seed (`backend.random.draw_seed`)."""
+    return backend_random.draw_seed(generator)
 
 
-def split_seed(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
-    return list(tf.unstack(tf.random.experimental.stateless_split(seed, n)))
+def split_seed(seed, n: int) -> list:
+    return backend_random.split(seed, n)
 
 
 _SEED_STATE_KEY = "seed_generator_state"
@@ -55,7 +34,7 @@ class SeedStateMixin:
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
-        store[_SEED_STATE_KEY] = self.seed_generator.state.numpy()
+        store[_SEED_STATE_KEY] = keras.ops.convert_to_numpy(self.seed_generator.state)
 
     def load_own_variables(self, store):
         keys = list(store.keys())

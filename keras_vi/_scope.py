@@ -2,7 +2,7 @@
 
 A `VariationalModel` opens a `StepScope` around its forward pass. Every `Latent` and
 Bayesian layer called inside it appends what the objective needs (q, z, prior, weight-KL).
-The stack is thread-local because `tf.distribute.MirroredStrategy` runs replicas in threads.
+The stack is thread-local because TensorFlow's `MirroredStrategy` runs replicas in threads.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import dataclasses
 import threading
 from typing import Any
 
+# Whether Keras is tracing layers symbolically (shape inference in a scratch graph): no public
+# API tells, and draws there must not be recorded. `tests/test_conventions.py::
+# test_private_keras_apis_in_place` fails if a Keras release moves it.
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 _state = threading.local()

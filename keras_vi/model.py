@@ -3,167 +3,42 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import math
-import os
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-from keras.src.models.functional import Functional
-from keras.src.saving import object_registration
-from keras.src.trainers.trainer import Trainer
+from keras import ops, tree
 
 from keras_vi import (
+    _checks,
+    _fit,
+    _functional,
+    _layout,
+    _nonfinite,
     _prediction,
+    _reporting,
     _scope,
     _serialization,
     _tiling,
+    backend,
     likelihoods,
     objectives,
     schedules,
     validation,
 )
-from keras_vi.errors import NonFiniteError
+from keras_vi.callbacks.non_finite import NonFiniteStop
 
 __all__ = ["VariationalModel"]
 
-_FIXED_METRICS = ("loss", "elbo", "nll", "kl", "kl_weight", "regularization")
-# Which way each reported quantity improves, for monitoring callbacks left on mode="auto".
-_METRIC_MODES = {"loss": "min", "elbo": "max", "nll": "min", "kl": "min", "regularization": "min"}
-# A log entry that carries the consecutive-skip count out of the compiled step to the guard
-# in `make_train_function`, which removes it before callbacks see the logs (reading the
-# variable instead would cost an extra eager op per step: +20% step time on tiny models).
-_SKIP_COUNT_LOG = "_keras_vi_consecutive_skips"
-
 
 def _check_kl_weight(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`kl_weight` must be a finite number >= 0, got {value!r}.")
-    if value < 0:
-        raise ValueError(f"`kl_weight` must be >= 0, got {value!r}.")
-    return float(value)
-
-
-def _tile(structure, k: int):
-
-    def tile(t):
-        if t is None:
-            return None
-        t = tf.convert_to_tensor(t)
-        return t if k == 1 else tf.tile(t, [k] + [1] * (t.shape.rank - 1))
-
-    return tf.nest.map_structure(tile, structure)
-
-
-def _is_functional_call(args, kwargs) -> bool:
-    return (
-        (len(args) == 2)
-        or (len(args) == 1 and "outputs" in kwargs)
-        or ("inputs" in kwargs and "outputs" in kwargs)
-    )
-
-
-_FUNCTIONAL_VARIANTS: dict[type, type] = {}
-
-
-def _functional_variant(cls: type) -> type:
-    """`cls` with Keras's Functional mixed in, made once per class.
-
-    Keras's own `Model.__init__` handles `Subclass(inputs, outputs)` by rewriting the
-    subclass's `__bases__` in place, which would break every later subclass-style use of
-    `VariationalModel`. A separate cached class keeps both styles working side by side.
-    """
-    if cls not in _FUNCTIONAL_VARIANTS:
-        variant = type(cls.__name__, (cls, Functional), {"__module__": cls.__module__})
-        # Saved models name the user's class, so loading goes through cls (and back here).
-        object_registration.GLOBAL_CUSTOM_NAMES[variant] = keras.saving.get_registered_name(cls)
-        _FUNCTIONAL_VARIANTS[cls] = variant
-    return _FUNCTIONAL_VARIANTS[cls]
-
-
-def _all_finite(tensors) -> tf.Tensor:
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
-
-
-def _agreed_across_replicas(ok: tf.Tensor) -> tf.Tensor:
-    """True only if every replica's flag is true, so all replicas take the same branch."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return ok
-    bad = context.all_reduce("sum", tf.cast(tf.logical_not(ok), tf.float32))
-    return tf.equal(bad, 0.0)
-
-
-def _apply_if(optimizer, gradients, weights, ok: tf.Tensor) -> None:
-    """optimizer.apply(gradients) when `ok`, otherwise nothing (no step, no state change).
-
-    A cond whose branch synchronises replicas (the optimizer's merge_call) must run in
-    cross-replica context under strategies that merge, as Keras's LossScaleOptimizer does.
-    """
-    pairs = [(g, w) for g, w in zip(gradients, weights) if g is not None]
-    grads, variables = [g for g, _ in pairs], [w for _, w in pairs]
-    context = tf.distribute.get_replica_context()
-    if (
-        context is None
-        or context.num_replicas_in_sync == 1
-        or tf.__internal__.distribute.strategy_supports_no_merge_call()
-    ):
-        tf.cond(ok, lambda: _apply(optimizer, grads, variables), tf.no_op)
-        return
-
-    def cross_replica(distribution, grads, ok):
-        ok = distribution.experimental_local_results(ok)[0]
-
-        def apply_on_replicas():
-            distribution.extended.call_for_each_replica(_apply, args=(optimizer, grads, variables))
-            return tf.no_op()
-
-        tf.cond(ok, apply_on_replicas, tf.no_op)
-
-    context.merge_call(cross_replica, args=(grads, ok))
-
-
-def _apply(optimizer, grads, variables):
-    optimizer.apply(grads, variables)
-    return tf.no_op()
-
-
-def _in_multi_worker_mode() -> bool:
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    return strategy.extended._in_multi_worker_mode()
-
-
-def _as_keywords(method, args: tuple, kwargs: dict) -> dict:
-    """Keras `fit`/`evaluate` arguments after x and y given by position, as keywords.
-
-    So that `sample_weight`, `batch_size` or `callbacks` passed by position are seen by the
-    checks that read them.
-    """
-    if not args:
-        return kwargs
-    names = list(inspect.signature(method).parameters)[2:]  # after x and y
-    if len(args) > len(names):
-        raise TypeError(f"{method.__name__}() got {len(args) + 2} positional arguments.")
-    duplicated = sorted(set(names[: len(args)]) & set(kwargs))
-    if duplicated:
-        raise TypeError(f"{method.__name__}() got multiple values for {duplicated}.")
-    return {**dict(zip(names, args)), **kwargs}
-
-
-def _batch_size(structure) -> tf.Tensor:
-    first = next(t for t in tf.nest.flatten(structure) if t is not None)
-    return tf.shape(first)[0]
+    return _checks.finite_number(value, "kl_weight", minimum=0)
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
-class VariationalModel(keras.Model):
+class VariationalModel(backend.VariationalTrainer, keras.Model):
     """A Keras model whose `fit` maximises an evidence lower bound.
 
     Latent layers (`kvi.layers.*Latent`) draw z with their gradient estimator; the model
@@ -223,9 +98,10 @@ class VariationalModel(keras.Model):
         True
     """
 
+
     def __new__(cls, *args, **kwargs):
-        if _is_functional_call(args, kwargs) and not issubclass(cls, Functional):
-            cls = _functional_variant(cls)
+        if _functional.is_functional_call(args, kwargs):
+            cls = _functional.variant(cls)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(
@@ -242,9 +118,8 @@ class VariationalModel(keras.Model):
         prediction: str = "sample",
         **kwargs,
     ):
-        if isinstance(self, Functional):
-            Trainer.__init__(self)
-            Functional.__init__(self, *args, **kwargs)
+        if _functional.is_functional(self):
+            _functional.init(self, args, kwargs)
         else:
             super().__init__(*args, **kwargs)
         self.likelihood = likelihoods.check(
@@ -255,27 +130,19 @@ class VariationalModel(keras.Model):
         self.num_samples = objectives.check_num_samples(num_samples)
         self.objective = objectives.check_objective(objective, self.num_samples)
         if free_bits is not None:
-            if (
-                isinstance(free_bits, bool)
-                or not isinstance(free_bits, (int, float))
-                or not (math.isfinite(free_bits) and free_bits >= 0)
-            ):
+            if not (_checks.is_number(free_bits) and math.isfinite(free_bits) and free_bits >= 0):
                 raise ValueError(
                     f"`free_bits` must be None or a finite number >= 0, got {free_bits!r}."
                 )
+            free_bits = float(free_bits)
             if self.objective == "iwae":
                 raise ValueError("`free_bits` applies to objective='elbo' only, not 'iwae'.")
-            free_bits = float(free_bits)
         self.free_bits = free_bits
-        if num_examples is not None and (
-            isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1
-        ):
-            raise ValueError(f"`num_examples` must be a positive integer, got {num_examples!r}.")
+        if num_examples is not None:
+            _checks.positive_int(num_examples, "num_examples")
         self.num_examples = num_examples
-        if max_consecutive_skips is not None and (
-            isinstance(max_consecutive_skips, bool)
-            or not isinstance(max_consecutive_skips, int)
-            or max_consecutive_skips < 1
+        if max_consecutive_skips is not None and not (
+            _checks.is_int(max_consecutive_skips) and max_consecutive_skips >= 1
         ):
             raise ValueError(
                 "`max_consecutive_skips` must be None or a positive integer, got "
@@ -320,27 +187,8 @@ class VariationalModel(keras.Model):
             name="num_examples",
             dtype="float32",
         )
-        # Non-finite step accounting (same value on every replica, hence first-replica reads).
-        self._consecutive_skips = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            name="consecutive_skips",
-            dtype="int32",
-            aggregation="only_first_replica",
-        )
-        self._nonfinite_term = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            name="nonfinite_term",
-            dtype="int32",
-            aggregation="only_first_replica",
-        )
-        self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
-        self._nonfinite_term_names: list[str] = []
-        self._resume_skip_steps = 0
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in _FIXED_METRICS}
+        _nonfinite.add_state(self)
+        self._trackers = _reporting.trackers()
         # `regularization` joins the logs once a step finds `model.losses` (see
         # _regularization); until then a model without regularizers shows no such column.
         self._reports_regularization = False
@@ -349,6 +197,7 @@ class VariationalModel(keras.Model):
         self._support_expected = "values in the likelihood's support"
         self._latent_trackers: dict[str, keras.metrics.Mean] = {}
         self._compiled_nll_loss = None
+        self._step_hooks: list[Callable] = []
 
     # ------------------------------------------------------------------ configuration
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
@@ -415,8 +264,9 @@ class VariationalModel(keras.Model):
         if not self._reports_regularization:
             del trackers["regularization"]
         metrics = list(trackers.values()) + list(self._latent_trackers.values())
-        if getattr(self, "_compile_metrics", None) is not None:
-            metrics.append(self._compile_metrics)
+        compiled = _reporting.compiled_metrics(self)
+        if compiled is not None:
+            metrics.append(compiled)
         return metrics
 
     def get_config(self):
@@ -482,8 +332,8 @@ class VariationalModel(keras.Model):
             # Inside another model's prediction, or a sampling pass (kvi.predict_samples).
             or _prediction.current_mode() is not None
             or _scope.in_step()
-            or in_symbolic_scope()
-            or any(isinstance(t, keras.KerasTensor) for t in tf.nest.flatten((args, kwargs)))
+            or _scope.in_symbolic_scope()
+            or any(isinstance(t, keras.KerasTensor) for t in tree.flatten((args, kwargs)))
         ):
             return super().__call__(*args, **kwargs)
         with _prediction.mode("mean"):
@@ -501,17 +351,17 @@ class VariationalModel(keras.Model):
         """(x, y, sample_weight) of a batch; sample_weight is None or one weight per example."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
-            sample_weight = tf.convert_to_tensor(sample_weight)
-            rank = sample_weight.shape.rank
-            if rank is not None and not (rank == 1 or (rank == 2 and sample_weight.shape[-1] == 1)):
+            sample_weight = ops.convert_to_tensor(sample_weight)
+            shape = tuple(sample_weight.shape)
+            if not (len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1)):
                 raise ValueError(
                     "`sample_weight` must hold one weight per example (shape (batch,) or "
-                    f"(batch, 1)), got shape {tuple(sample_weight.shape)}: VariationalModel "
+                    f"(batch, 1)), got shape {shape}: VariationalModel "
                     "weights each example's bound, not individual target entries."
                 )
-            sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+            sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
         if y is None:
-            if isinstance(x, (dict, list, tuple)) and len(tf.nest.flatten(x)) > 1:
+            if isinstance(x, (dict, list, tuple)) and len(tree.flatten(x)) > 1:
                 raise ValueError(
                     "Unsupervised fit(x) needs a single input tensor to score against; with "
                     "several inputs pass the target explicitly as fit(x, y)."
@@ -576,7 +426,7 @@ class VariationalModel(keras.Model):
             scope.tile_inputs_of = self._tiling_plan.latents
             x_tiled = x
         else:
-            x_tiled = _tile(x, k)
+            x_tiled = _layout.tile(x, k)
         needs_path_gradient = any(
             getattr(layer.resolved_estimator, "needs_path_gradient", False)
             for layer in self._latent_layers()
@@ -585,12 +435,10 @@ class VariationalModel(keras.Model):
             if needs_path_gradient:
                 # DReG needs d log w / dz: a tape watches each such z (Latent -> add_latent)
                 # through the forward pass and the objective; objectives.compute reads it.
-                scope.path_tape = stack.enter_context(
-                    tf.GradientTape(persistent=True, watch_accessed_variables=False)
-                )
+                scope.path_tape = stack.enter_context(backend.gradients.SampleTape())
             with _scope.recording(scope):
                 y_pred = self(x_tiled, training=training)
-            y_tiled = _tile(y, k)
+            y_tiled = _layout.tile(y, k)
             log_lik = self._log_likelihood(y_pred, y_tiled)
             regularization = self._regularization()
             out = objectives.compute(
@@ -622,16 +470,21 @@ class VariationalModel(keras.Model):
         if not losses:
             return None
         self._reports_regularization = True
-        return tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
+        total = ops.cast(losses[0], "float32")
+        for loss in losses[1:]:
+            total = total + ops.cast(loss, "float32")
+        return total
 
     def _target_in_support(self, y_pred, y):
-        if not isinstance(y, tf.Tensor | np.ndarray) or isinstance(y_pred, (list, tuple, dict)):
+        if not (ops.is_tensor(y) or isinstance(y, np.ndarray)) or isinstance(
+            y_pred, (list, tuple, dict)
+        ):
             return None
         checked = likelihoods.support(self.likelihood, tuple(y_pred.shape), y)
         if checked is None:
             return None
         self._support_expected = checked[1]
-        return tf.reduce_all(checked[0])
+        return ops.all(checked[0])
 
     def _support_text(self) -> str:
         return (
@@ -639,96 +492,41 @@ class VariationalModel(keras.Model):
             f"expected {self._support_expected})"
         )
 
-    def _update_metrics(self, out, x, y, batch_size, ok=None, sample_weight=None):
-        """Epoch means: `loss` (and `kl_weight`, `regularization`) per batch row as Keras
-        weighs its loss; the bound's terms by each example's sample weight."""
-        weight = tf.cast(batch_size, tf.float32)
-        example_weight = out["example_weight"]
-        out = dict(out)
-        if out["regularization"] is None:
-            out["regularization"] = tf.constant(0.0)
-        if ok is not None:
-            # A skipped (non-finite) step must not poison the epoch means.
-            weight = weight * tf.cast(ok, tf.float32)
-            example_weight = example_weight * tf.cast(ok, tf.float32)
-            for key in ("loss_value", "elbo", "nll", "kl", "regularization"):
-                out[key] = tf.where(ok, out[key], 0.0)
-            out["kl_per_latent"] = {
-                k: tf.where(ok, v, 0.0) for k, v in out["kl_per_latent"].items()
-            }
-        per_row = {
-            "loss": out["loss_value"],
-            "kl_weight": tf.convert_to_tensor(self.kl_weight),
-            "regularization": out["regularization"],
-        }
-        per_example = {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"]}
-        for name, value in per_row.items():
-            self._trackers[name].update_state(value, sample_weight=weight)
-        for name, value in per_example.items():
-            self._trackers[name].update_state(value, sample_weight=example_weight)
-        for name, value in out["kl_per_latent"].items():
-            if name in self._latent_trackers:
-                self._latent_trackers[name].update_state(value, sample_weight=example_weight)
-        if out["target_in_support"] is not None:
-            self._support_violations.update_state(
-                1.0 - tf.cast(out["target_in_support"], tf.float32)
-            )
-        if getattr(self, "_compile_metrics", None) is not None:
-            y_pred = out["y_pred"]
-            first = tf.nest.map_structure(lambda t: t[:batch_size], y_pred)
-            self._compile_metrics.update_state(y, first, sample_weight)
+    # ------------------------------------------------------------------ the training step
+    # The per-backend trainer (keras_vi.backend) defines train_step and test_step over
+    # compute_objective and the three methods below.
+    def add_step_hook(self, hook: Callable) -> None:
+        """Runs `hook(x, y, step)` at the start of every training step, before the update.
 
-    def _logs(self, **extra):
-        logs = {}
-        for metric in self.metrics:
-            result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
-        logs.update(extra)
-        if _in_multi_worker_mode():
-            # Keras 3 reduces multi-worker logs with MEAN over axis 0, which fails on scalars
-            # (tensorflow/tensorflow#72388). The metrics are already synchronised across
-            # workers, so a length-1 vector reduces back to the same scalar.
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
+        `x` and `y` are the step's batch (y is x for unsupervised data), `step` the
+        optimizer's iteration count. The hook runs inside the compiled step (traced once, as
+        the step is), so it computes with `keras.ops` and writes results to variables. The
+        train function is rebuilt when hooks change. `kvi.callbacks.GradientVarianceLogger`
+        uses it to take its gradient estimates on the batch being trained on.
+        """
+        if not callable(hook):
+            raise ValueError(f"add_step_hook() needs a callable, got {hook!r}.")
+        if hook not in self._step_hooks:
+            self._step_hooks.append(hook)
+            self.train_function = None
 
-    def train_step(self, data):
-        x, y, sample_weight = self._unpack_weighted(data)
-        batch_size = _batch_size(x)
+    def remove_step_hook(self, hook: Callable) -> None:
+        """Removes a hook added by `add_step_hook` (ValueError if it was not added)."""
+        if hook not in self._step_hooks:
+            raise ValueError(f"remove_step_hook(): {hook!r} is not a step hook of this model.")
+        self._step_hooks.remove(hook)
+        self.train_function = None
+
+    def _begin_train_step(self, x, y, sample_weight) -> None:
+        if self._step_hooks:
+            step = ops.convert_to_tensor(self.optimizer.iterations)
+            for hook in list(self._step_hooks):
+                hook(x, y, step)
         if self._kl_schedule is not None:
-            self.kl_weight.assign(tf.cast(self._kl_schedule(self.optimizer.iterations), "float32"))
-        state = self._baseline_state()
-        saved_state = [tf.identity(v.value) for v in state]
-        with tf.GradientTape() as tape:
-            out = self.compute_objective(x, y, training=True, sample_weight=sample_weight)
-            loss = out["loss"]
-            # Mirror Keras's own step: per-replica loss divided by the replica count (so the
-            # summed gradients average), then the optimizer's loss scaling (mixed precision).
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        trainable_weights = self.trainable_weights
-        gradients = tape.gradient(scaled_loss, trainable_weights)
+            self.kl_weight.assign(ops.cast(self._kl_schedule(self.optimizer.iterations), "float32"))
 
-        term_names, term_ok = self._finiteness(out, gradients)
-        ok = _agreed_across_replicas(tf.reduce_all(tf.stack(term_ok)))
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # It skips overflowing steps itself and must see them to lower its scale.
-            self.optimizer.apply(gradients, trainable_weights)
-        else:
-            _apply_if(self.optimizer, gradients, trainable_weights, ok)
-        for variable, saved in zip(state, saved_state):
-            variable.assign(tf.where(ok, variable.value, saved))
-        self._record_skip(ok, term_names, term_ok)
-        self._update_metrics(out, x, y, batch_size, ok=ok, sample_weight=sample_weight)
-        return self._logs(
-            skipped_steps=self._skipped_steps.result(),
-            **{_SKIP_COUNT_LOG: tf.identity(self._consecutive_skips)},
-        )
-
-    def _baseline_state(self) -> list:
-        """Non-trainable state of the latents' baselines (restored when a step is skipped)."""
+    def _step_state(self) -> list:
+        """Non-trainable state a skipped step must leave untouched: the baselines'."""
         return [
             v
             for layer in self._latent_layers()
@@ -736,115 +534,7 @@ class VariationalModel(keras.Model):
             for v in layer.baseline.non_trainable_variables
         ]
 
-    def _finiteness(self, out, gradients):
-        """(names, finite flags) of each term of the step, in the order they are reported."""
-        terms = []
-        if out["target_in_support"] is not None:
-            # A target outside the support gives a finite but meaningless log-likelihood.
-            terms.append((self._support_text(), [tf.where(out["target_in_support"], 0.0, np.nan)]))
-        terms.append(("the likelihood (nll)", [out["nll"]]))
-        terms += [(f"the KL of latent {name!r}", [v]) for name, v in out["kl_per_latent"].items()]
-        terms.append(("the total KL (latents and Bayesian layers' weight KL)", [out["kl"]]))
-        terms.append(("the loss (bound or an estimator's surrogate)", [out["loss"]]))
-        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            terms.append(("the gradients", gradients))
-        return [name for name, _ in terms], [_all_finite(values) for _, values in terms]
-
-    def _record_skip(self, ok, term_names, term_ok):
-        self._nonfinite_term_names = term_names
-        first_bad = tf.argmin(tf.cast(tf.stack(term_ok), tf.int32), output_type=tf.int32)
-        self._nonfinite_term.assign(tf.where(ok, self._nonfinite_term, first_bad))
-        self._consecutive_skips.assign(tf.where(ok, 0, self._consecutive_skips + 1))
-        self._skipped_steps.update_state(1.0 - tf.cast(ok, tf.float32))
-
-    def test_step(self, data):
-        x, y, sample_weight = self._unpack_weighted(data)
-        out = self.compute_objective(x, y, training=False, sample_weight=sample_weight)
-        self._update_metrics(out, x, y, _batch_size(x), sample_weight=sample_weight)
-        return self._logs()
-
-    # ------------------------------------------------------------------ fit conveniences
-    def _infer_num_examples(self, x, validation_split):
-        if self.num_examples is not None:
-            return self.num_examples
-        n = None
-        if isinstance(x, (np.ndarray, tf.Tensor)) or hasattr(x, "shape"):
-            try:
-                n = int(x.shape[0])
-            except (TypeError, IndexError):
-                n = None
-            if n is not None and validation_split:
-                n = int(n * (1.0 - validation_split))
-        elif isinstance(x, tf.data.Dataset):
-            cardinality = int(x.cardinality())
-            batch_dim = tf.nest.flatten(x.element_spec)[0].shape
-            batch = batch_dim[0] if batch_dim.rank else None
-            if batch is None:
-                batch = getattr(x, "_batch_size", None)
-                batch = None if batch is None else int(batch)
-            if cardinality > 0 and batch:
-                n = cardinality * batch
-        return n
-
-    def make_train_function(self, force=False):
-        super().make_train_function(force=force)
-        train_function = self.train_function
-        if getattr(train_function, "_keras_vi_guarded", False):
-            return train_function
-
-        def guarded(iterator):
-            if self._resume_skip_steps > 0:
-                # Batches already trained on before a mid-epoch interruption: consume them.
-                for _ in range(self.steps_per_execution):
-                    next(iterator)
-                self._resume_skip_steps -= self.steps_per_execution
-                return {m.name: m.result() for m in self._trackers.values()}
-            logs = train_function(iterator)
-            count = logs.pop(_SKIP_COUNT_LOG, None) if isinstance(logs, dict) else None
-            limit = self.max_consecutive_skips
-            if limit is not None and count is not None and np.asarray(count).max() >= limit:
-                raise NonFiniteError(self._nonfinite_message(limit))
-            return logs
-
-        guarded._keras_vi_guarded = True
-        self.train_function = guarded
-        return guarded
-
-    def _nonfinite_message(self, limit) -> str:
-        index = int(self._nonfinite_term.numpy())
-        names = self._nonfinite_term_names
-        term = names[index] if index < len(names) else "an unknown term"
-        return (
-            f"Training stopped after {limit} consecutive steps with non-finite values (each was "
-            f"skipped: weights, optimizer and baseline state untouched). In the last one, "
-            f"{term} was the first non-finite term. Check the data, the learning rate and the "
-            "scales of the distributions, or raise `max_consecutive_skips`."
-        )
-
-    def _mid_epoch_resume_steps(self, callbacks) -> int:
-        """Batches of the interrupted epoch already trained, per a BackupAndRestore backup.
-
-        Keras restores the weights saved mid-epoch but restarts that epoch from its first
-        batch; skipping the batches already seen makes the resumed run match an uninterrupted
-        one (without shuffling).
-        """
-        for callback in callbacks or []:
-            if not isinstance(callback, keras.callbacks.BackupAndRestore):
-                continue
-            if not isinstance(callback.save_freq, int) or callback.save_freq is False:
-                return 0
-            path = getattr(
-                callback,
-                "_training_metadata_path",
-                os.path.join(callback.backup_dir, "training_metadata.json"),
-            )
-            if not os.path.exists(path):
-                return 0
-            with open(path) as f:
-                metadata = json.load(f)
-            return int(metadata.get("batch", -1)) + 1
-        return 0
-
+    # ------------------------------------------------------------------ fit and evaluate
     def fit(self, x=None, y=None, *args, validate_data: bool | None = None, **kwargs):
         """`keras.Model.fit`, plus:
 
@@ -858,39 +548,36 @@ class VariationalModel(keras.Model):
         Monitoring callbacks (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`) left on
         `mode="auto"` learn that `elbo` is maximised and `loss`, `nll`, `kl`, `kl/<latent>`
         and `regularization` minimised. `class_weight` needs `likelihood="categorical"` (or
-        a compiled loss) and a target `y`.
+        a compiled loss) and a target `y`. With `max_consecutive_skips` set, training stops
+        with `kvi.NonFiniteError` after that many consecutive skipped (non-finite) steps.
         """
-        kwargs = _as_keywords(super().fit, args, kwargs)
+        kwargs = _fit.as_keywords(super().fit, args, kwargs)
         if validate_data is None:
             validate_data = validation.is_in_memory(x)
         if validate_data:
-            self._validate_arrays(x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
-        self._check_class_weight(x, y, kwargs.get("class_weight"))
-        y = self._unsupervised_target(x, y, kwargs.get("sample_weight"))
-        self._set_monitor_modes(kwargs.get("callbacks"))
+            _fit.validate_arrays(self, x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
+        _fit.check_class_weight(self, x, y, kwargs.get("class_weight"))
+        y = _fit.unsupervised_target(x, y, kwargs.get("sample_weight"))
+        callbacks = list(kwargs.get("callbacks") or [])
+        _fit.set_monitor_modes(callbacks)
         self._support_violations.reset_state()
         self._skipped_steps.reset_state()
         self._consecutive_skips.assign(0)
-        self._resume_skip_steps = self._mid_epoch_resume_steps(kwargs.get("callbacks"))
-        n = self._infer_num_examples(x, kwargs.get("validation_split", 0.0))
+        if self.num_examples is not None:
+            n = self.num_examples
+        else:
+            n = _fit.dataset_size(x, kwargs.get("validation_split", 0.0))
         if n is not None:
             self._num_examples_var.assign(float(n))
         else:
-            from keras_vi.layers.bayesian import BayesianLayer
-
-            bayesian = [
-                layer.name
-                for layer in self._flatten_layers(include_self=False)
-                if isinstance(layer, BayesianLayer)
-            ]
-            if bayesian:
-                raise ValueError(
-                    f"The model has Bayesian layers ({', '.join(bayesian)}) whose weight KL is "
-                    "divided by the dataset size N, but N cannot be inferred from this input "
-                    "(a generator, a PyDataset, or a tf.data.Dataset of unknown cardinality or "
-                    "batch size). Pass num_examples=N to the VariationalModel."
-                )
+            _fit.check_num_examples_known(self)
         self._create_latent_trackers()
+        if self.max_consecutive_skips is not None:
+            callbacks.append(NonFiniteStop(self.max_consecutive_skips))
+        resume_steps = _fit.mid_epoch_resume_steps(callbacks)
+        if resume_steps:
+            callbacks.append(_fit.MidEpochResume(resume_steps))
+        kwargs["callbacks"] = callbacks
         try:
             history = super().fit(x, y, **kwargs)
         except Exception:
@@ -903,14 +590,14 @@ class VariationalModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, validate_data: bool | None = None, **kwargs):
         """`keras.Model.evaluate`, with `fit`'s `validate_data` checks."""
-        kwargs = _as_keywords(super().evaluate, args, kwargs)
+        kwargs = _fit.as_keywords(super().evaluate, args, kwargs)
         if validate_data is None:
             validate_data = validation.is_in_memory(x)
         if validate_data:
-            self._validate_arrays(x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
+            _fit.validate_arrays(self, x, y, kwargs.get("sample_weight"), kwargs.get("batch_size"))
         self._create_latent_trackers()
         self._support_violations.reset_state()
-        y = self._unsupervised_target(x, y, kwargs.get("sample_weight"))
+        y = _fit.unsupervised_target(x, y, kwargs.get("sample_weight"))
         try:
             result = super().evaluate(x, y, **kwargs)
         except Exception:
@@ -918,71 +605,6 @@ class VariationalModel(keras.Model):
             raise
         self._raise_if_outside_support("evaluate")
         return result
-
-    def _validate_arrays(self, x, y, sample_weight, batch_size) -> None:
-        validation.check_arrays(x, y, batch_size)
-        target = x if y is None else y
-        n = validation.num_examples(target)
-        if sample_weight is not None:
-            validation.check_sample_weight(sample_weight, n, batch_size)
-        outputs = getattr(self, "outputs", None)
-        if outputs and len(outputs) == 1 and validation.is_single_array(target):
-            validation.check_support(
-                self.likelihood,
-                tuple(outputs[0].shape),
-                target,
-                batch_size,
-                "x" if y is None else "y",
-            )
-
-    @staticmethod
-    def _unsupervised_target(x, y, sample_weight):
-        """y for fit/evaluate: x itself when unsupervised arrays come with sample weights.
-
-        Keras packs in-memory data as (x,) when y is None and drops `sample_weight` there.
-        """
-        if y is None and sample_weight is not None and validation.is_in_memory(x):
-            return x
-        return y
-
-    def _check_class_weight(self, x, y, class_weight) -> None:
-        if class_weight is None:
-            return
-        if y is None and validation.is_in_memory(x):
-            raise ValueError(
-                "`class_weight` weighs examples by their class in the target `y`, but fit() got "
-                "no `y` (unsupervised data). Pass per-example `sample_weight` instead."
-            )
-        if self.likelihood is not None and self.likelihood != "categorical":
-            raise ValueError(
-                f"`class_weight` needs a categorical target, but the model has likelihood="
-                f"{self._likelihood_name()!r}. Use likelihood='categorical' or pass "
-                "per-example `sample_weight`."
-            )
-
-    def _set_monitor_modes(self, callbacks) -> None:
-        """Gives monitoring callbacks on mode="auto" the direction of keras_vi's metrics."""
-        for callback in callbacks or []:
-            monitor = getattr(callback, "monitor", None)
-            if not isinstance(monitor, str):
-                continue
-            name = monitor.removeprefix("val_")
-            direction = _METRIC_MODES.get(name)
-            if direction is None and name.startswith("kl/"):
-                direction = "min"
-            if direction is None:
-                continue
-            if hasattr(callback, "mode"):
-                if callback.mode == "auto":
-                    callback.mode = direction  # read when training begins
-            elif direction == "max" and getattr(callback, "monitor_op", None) is np.less:
-                # Keras before 3.11's MonitorCallback fixes the comparison in the constructor
-                # and keeps no `mode`: "auto" there minimises every name without "acc".
-                raise ValueError(
-                    f"{type(callback).__name__}(monitor={monitor!r}) would keep the lowest "
-                    f"{monitor}, but {name!r} is better when higher. With Keras "
-                    f"{keras.__version__} pass mode='max' to it."
-                )
 
     def _raise_if_outside_support(self, method: str) -> None:
         count = int(self._support_violations.result())

@@ -6,14 +6,14 @@ Rows of a tiled batch are laid out k-major: row k * B + b is sample k of example
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
-from keras_vi import divergences
-
-tfd = tfp.distributions
+from keras_vi import _layout, divergences
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import random as backend_random
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -35,10 +35,10 @@ def check_num_samples(num_samples) -> int:
     return num_samples
 
 
-def iwae_bound(log_weights: tf.Tensor) -> tf.Tensor:
+def iwae_bound(log_weights):
     """log (1/K sum_k w_k) per example, from log-weights of shape [K, B]."""
-    k = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
-    return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(k)
+    k = ops.cast(ops.shape(log_weights)[0], log_weights.dtype)
+    return ops.logsumexp(log_weights, axis=0) - ops.log(k)
 
 
 @dataclasses.dataclass
@@ -48,10 +48,10 @@ class Signals:
     objective: str
     num_samples: int
     training: bool
-    kl_weight: tf.Tensor
-    log_likelihood: tf.Tensor  # [K, B]
-    per_sample: tf.Tensor  # [K, B]: log p(y|z) - beta * sum of KL terms (the log-weights)
-    bound: tf.Tensor  # [B]: ELBO (mean over k) or IWAE bound per example
+    kl_weight: Any
+    log_likelihood: Any  # [K, B]
+    per_sample: Any  # [K, B]: log p(y|z) - beta * sum of KL terms (the log-weights)
+    bound: Any  # [B]: ELBO (mean over k) or IWAE bound per example
     kls: dict  # id(record) -> ([K, B] KL term, method)
     # id(record) -> d sum(per_sample) / dz (gradient stopped), for estimators that need it.
     path_gradients: dict = dataclasses.field(default_factory=dict)
@@ -61,32 +61,32 @@ class Signals:
     # [B] per-example weights (Keras's `sample_weight`), or None for equal weights.
     sample_weight: Any = None
 
-    def to_samples(self, flat: tf.Tensor) -> tf.Tensor:
+    def to_samples(self, flat):
         """[K*B] -> [K, B]."""
-        return tf.reshape(flat, [self.num_samples, -1])
+        return _layout.to_samples(flat, self.num_samples)
 
-    def reduce_samples(self, per_sample: tf.Tensor) -> tf.Tensor:
+    def reduce_samples(self, per_sample):
         """How a [K, B] score term enters the objective: mean over k for the ELBO (each
         sample estimates it alone), sum over k for IWAE (the bound depends on all K), and
         the batch reduction of the loss: the mean, or with sample weights their weighted sum
         divided by the batch size (Keras's "sum_over_batch_size")."""
-        axis_k = tf.reduce_mean if self.objective == "elbo" else tf.reduce_sum
+        axis_k = ops.mean if self.objective == "elbo" else ops.sum
         per_example = axis_k(per_sample, axis=0)
         if self.sample_weight is None:
-            return tf.reduce_mean(per_example)
-        batch = tf.cast(tf.shape(per_example)[0], per_example.dtype)
-        return tf.reduce_sum(self.sample_weight * per_example) / batch
+            return ops.mean(per_example)
+        batch = ops.cast(ops.shape(per_example)[0], per_example.dtype)
+        return ops.sum(self.sample_weight * per_example) / batch
 
-    def score_log_prob(self, record) -> tf.Tensor:
+    def score_log_prob(self, record):
         """log q(z) of a latent's samples with z held fixed, shape [K, B]."""
-        held = tf.nest.map_structure(tf.stop_gradient, record.z)  # z may be a joint q's nest
+        held = tree.map_structure(ops.stop_gradient, record.z)  # z may be a joint q's nest
         return self.to_samples(record.q.log_prob(held))
 
     @property
-    def normalized_weights(self) -> tf.Tensor:
-        return tf.nn.softmax(self.per_sample, axis=0)
+    def normalized_weights(self):
+        return ops.softmax(self.per_sample, axis=0)
 
-    def path_gradient(self, record) -> tf.Tensor:
+    def path_gradient(self, record):
         """d log w / dz for a latent's samples (shaped like z), for DReG-type estimators."""
         gradient = self.path_gradients.get(id(record))
         if gradient is None:
@@ -97,10 +97,10 @@ class Signals:
             )
         return gradient
 
-    def learning_signal(self, record) -> tf.Tensor:
+    def learning_signal(self, record):
         """The score-function learning signal for one latent, shape [K, B] (or [1, B])."""
         if self.objective == "iwae":
-            return self.bound[tf.newaxis, :]
+            return self.bound[None, :]
         signal = self.per_sample
         kl, method = self.kls.get(id(record), (None, None))
         if method == "analytic":
@@ -143,26 +143,26 @@ def latent_kl(record, objective: str, free_bits: float | None):
             and isinstance(p, tfd.Independent)
         ):
             inner = q.distribution.log_prob(z) - p.distribution.log_prob(z)
-            per_dim = tf.reshape(inner, [tf.shape(inner)[0], -1])
+            per_dim = ops.reshape(inner, (ops.shape(inner)[0], -1))
     else:
-        seed = tf.random.experimental.stateless_fold_in(record.seed, 1)
+        seed = backend_random.fold_in(record.seed, 1)
         kl = divergences.kl(q, p, method="mc", num_samples=layer.kl_samples, seed=seed)
-    if free_bits is not None and per_dim is None and tf.nest.is_nested(q.event_shape):
+    if free_bits is not None and per_dim is None and tree.is_nested(q.dtype):
         # A joint q (one event shape per part) has no per-dimension KL: spread its KL evenly
         # over its D dimensions, so the free-bits floor is max(free_bits * D, KL), as for any
         # latent without a per-dimension KL.
-        sizes = [shape.num_elements() for shape in tf.nest.flatten(q.event_shape)]
+        sizes = [_num_elements(shape) for shape in _event_shapes(q)]
         if any(size is None for size in sizes):
             raise ValueError(
                 f"Latent {getattr(layer, 'name', '?')!r}: free_bits needs the event shapes of "
                 f"the parts of q to be fully known, got {q.event_shape}."
             )
         num_dims = max(1, sum(sizes))
-        per_dim = tf.tile(tf.cast(kl, tf.float32)[:, tf.newaxis] / num_dims, [1, num_dims])
+        per_dim = ops.tile(ops.cast(kl, "float32")[:, None] / num_dims, (1, num_dims))
     return kl, method, per_dim
 
 
-def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
+def _path_gradients(scope, per_sample) -> dict:
     """d sum(log w) / dz for every latent whose estimator asks for it (DReG).
 
     Rows are independent samples, so the gradient of the sum gives each row's own
@@ -180,54 +180,44 @@ def _path_gradients(scope, per_sample: tf.Tensor) -> dict:
             f"Latents {names} use an estimator that needs d log w / dz, but the forward pass "
             "was not recorded on a path tape; run it through VariationalModel.compute_objective."
         )
-    with tape.stop_recording():
-        gradients = tape.gradient(
-            per_sample,
-            [r.z for r in records],
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-        for i, upstream in enumerate(records):
-            for j, downstream in enumerate(records):
-                if i == j:
-                    continue
-                # z is a structure of parts for a joint q: any connected part is a dependence.
-                connected = tf.nest.flatten(tape.gradient(downstream.z, upstream.z))
-                if any(g is not None for g in connected):
-                    raise ValueError(
-                        f"Latent {getattr(downstream.layer, 'name', '?')!r} depends on the "
-                        f"sample of latent {getattr(upstream.layer, 'name', '?')!r}, and both "
-                        f"use {type(downstream.estimator).__name__}(); its correction is "
-                        "defined for latents that do not depend on one another. Use "
-                        "estimator='reparameterization' for one of them."
-                    )
-    return {id(r): tf.nest.map_structure(tf.stop_gradient, g) for r, g in zip(records, gradients)}
+    gradients = tape.gradient(per_sample, [r.z for r in records])
+    for i, upstream in enumerate(records):
+        for j, downstream in enumerate(records):
+            # z is a structure of parts for a joint q: any connected part is a dependence.
+            if i != j and tape.depends(downstream.z, upstream.z):
+                raise ValueError(
+                    f"Latent {getattr(downstream.layer, 'name', '?')!r} depends on the "
+                    f"sample of latent {getattr(upstream.layer, 'name', '?')!r}, and both "
+                    f"use {type(downstream.estimator).__name__}(); its correction is "
+                    "defined for latents that do not depend on one another. Use "
+                    "estimator='reparameterization' for one of them."
+                )
+    return {id(r): tree.map_structure(ops.stop_gradient, g) for r, g in zip(records, gradients)}
 
 
-def _weighted_mean(values: tf.Tensor, sample_weight: tf.Tensor | None) -> tf.Tensor:
+def _weighted_mean(values, sample_weight):
     """Mean of [K, B] or [B] values over every axis, example b weighted by sample_weight[b].
 
     With all weights zero the mean is 0 (the batch then adds nothing to the epoch means).
     """
     if sample_weight is None:
-        return tf.reduce_mean(values)
-    if values.shape.rank == 2:
-        values = tf.reduce_mean(values, axis=0)
-    return tf.math.divide_no_nan(
-        tf.reduce_sum(sample_weight * values), tf.reduce_sum(sample_weight)
-    )
+        return ops.mean(values)
+    if len(values.shape) == 2:
+        values = ops.mean(values, axis=0)
+    return ops.divide_no_nan(ops.sum(sample_weight * values), ops.sum(sample_weight))
 
 
 def compute(
     scope,
-    log_likelihood_flat: tf.Tensor,
+    log_likelihood_flat,
     *,
     objective: str,
     num_samples: int,
-    kl_weight: tf.Tensor,
+    kl_weight,
     free_bits: float | None,
-    num_examples: tf.Tensor,
+    num_examples,
     training: bool,
-    sample_weight: tf.Tensor | None = None,
+    sample_weight=None,
 ):
     """Builds the objective of one step.
 
@@ -242,13 +232,13 @@ def compute(
     total weight of the batch's examples (B without sample weights).
     """
     k = num_samples
-    to_kb = lambda t: tf.reshape(t, [k, -1])  # noqa: E731
-    log_lik = to_kb(tf.cast(log_likelihood_flat, tf.float32))
-    kl_weight = tf.cast(kl_weight, tf.float32)
-    batch = tf.cast(tf.shape(log_lik)[1], tf.float32)
+    to_kb = lambda t: _layout.to_samples(t, k)  # noqa: E731
+    log_lik = to_kb(ops.cast(log_likelihood_flat, "float32"))
+    kl_weight = ops.cast(kl_weight, "float32")
+    batch = ops.cast(ops.shape(log_lik)[1], "float32")
     if sample_weight is not None:
-        sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        example_weight = tf.reduce_sum(sample_weight)
+        sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        example_weight = ops.sum(sample_weight)
     else:
         example_weight = batch
     # Keras scales a weighted loss by sum(w) / B relative to the weighted mean.
@@ -257,8 +247,8 @@ def compute(
 
     kls = {}
     kl_per_latent = {}
-    total_kl = tf.zeros_like(log_lik)
-    free_bits_kl = tf.constant(0.0)
+    total_kl = ops.zeros_like(log_lik)
+    free_bits_kl = ops.zeros(())
     for record in scope.latents:
         if record.prior is None:
             continue
@@ -270,23 +260,21 @@ def compute(
         total_kl = total_kl + kl_kb
         if free_bits is not None:
             if per_dim is None:
-                event_size = max(1, record.q.event_shape.num_elements() or 1)
-                free_bits_kl += tf.maximum(free_bits * event_size, wmean(kl_kb))
+                event_size = max(1, _num_elements(record.q.event_shape) or 1)
+                free_bits_kl += ops.maximum(free_bits * event_size, wmean(kl_kb))
             else:
-                per_dim_kb = tf.reshape(per_dim, [k, -1, tf.shape(per_dim)[-1]])
+                per_dim_kb = _layout.to_samples(per_dim, k)
                 if sample_weight is None:
-                    dim_means = tf.reduce_mean(per_dim_kb, axis=[0, 1])
+                    dim_means = ops.mean(per_dim_kb, axis=(0, 1))
                 else:
-                    weighted = tf.reduce_mean(per_dim_kb, axis=0) * sample_weight[:, tf.newaxis]
-                    dim_means = tf.math.divide_no_nan(
-                        tf.reduce_sum(weighted, axis=0), example_weight
-                    )
-                free_bits_kl += tf.reduce_sum(tf.maximum(free_bits, dim_means))
+                    weighted = ops.mean(per_dim_kb, axis=0) * sample_weight[:, None]
+                    dim_means = ops.divide_no_nan(ops.sum(weighted, axis=0), example_weight)
+                free_bits_kl += ops.sum(ops.maximum(free_bits, dim_means))
 
-    weight_kl = tf.constant(0.0)
+    weight_kl = ops.zeros(())
     for _, layer_kl in scope.weight_kls:
-        weight_kl += tf.cast(layer_kl, tf.float32)
-    weight_kl = weight_kl / tf.cast(num_examples, tf.float32)
+        weight_kl += ops.cast(layer_kl, "float32")
+    weight_kl = weight_kl / ops.cast(num_examples, "float32")
 
     per_sample = log_lik - kl_weight * total_kl
     # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
@@ -297,7 +285,7 @@ def compute(
         bound = iwae_bound(per_sample)
         value = wmean(bound)
     else:
-        bound = tf.reduce_mean(per_sample, axis=0)
+        bound = ops.mean(per_sample, axis=0)
         if free_bits is not None:
             value = wmean(log_lik) - kl_weight * free_bits_kl
         else:
@@ -316,7 +304,7 @@ def compute(
         path_gradients=path_gradients,
         sample_weight=sample_weight,
     )
-    surrogate = tf.constant(0.0)
+    surrogate = ops.zeros(())
     for record in scope.latents if training else ():
         term = record.estimator.surrogate(record, signals)
         if term is not None:
@@ -325,7 +313,7 @@ def compute(
     nll = -wmean(log_lik)
     kl = wmean(total_kl) + weight_kl
     return {
-        "loss": -(value + surrogate - tf.stop_gradient(surrogate)),
+        "loss": -(value + surrogate - ops.stop_gradient(surrogate)),
         "loss_value": -value,
         "elbo": -nll - kl,
         "nll": nll,
@@ -335,3 +323,19 @@ def compute(
         "example_weight": example_weight,
         "signals": signals,
     }
+
+
+def _event_shapes(q) -> list:
+    """q's event shape, one per part for a joint q (TFP gives a structure of shapes)."""
+    shapes = []
+    # Shapes are tuples on some backends: map_shape_structure keeps each one whole.
+    tree.map_shape_structure(lambda shape: shapes.append(tuple(shape)), q.event_shape)
+    return shapes
+
+
+def _num_elements(shape) -> int | None:
+    """Elements of an event shape (a TensorShape or a tuple), None when not fully known."""
+    dims = tuple(shape)
+    if any(d is None for d in dims):
+        return None
+    return math.prod(int(d) for d in dims)

@@ -1,0 +1,87 @@
+"""Skipping non-finite training steps, and the state that says why a step was skipped.
+
+A step whose loss terms or gradients are not finite leaves weights, optimizer and baseline
+state untouched (the shape of Optax's `apply_if_finite`: the update is applied only when
+finite, and a counter of consecutive skips is kept). The per-backend trainer applies the
+update conditionally; this module decides which terms are checked, keeps the counters as
+model variables (saved with the model) and words the error that `NonFiniteStop`
+(`keras_vi.callbacks`) raises after too many consecutive skips.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def add_state(model) -> None:
+    """The model's skip counters (same value on every replica, hence first-replica reads)."""
+    model._consecutive_skips = model.add_weight(
+        shape=(),
+        initializer="zeros",
+        trainable=False,
+        name="consecutive_skips",
+        dtype="int32",
+        aggregation="only_first_replica",
+    )
+    model._nonfinite_term = model.add_weight(
+        shape=(),
+        initializer="zeros",
+        trainable=False,
+        name="nonfinite_term",
+        dtype="int32",
+        aggregation="only_first_replica",
+    )
+    model._skipped_steps = keras.metrics.Sum(name="skipped_steps")
+    model._nonfinite_term_names = []
+
+
+def all_finite(tensors):
+    flags = [ops.all(ops.isfinite(t)) for t in tensors if t is not None]
+    return ops.all(ops.stack(flags)) if flags else ops.convert_to_tensor(True)
+
+
+def check(model, out: dict, gradients, check_gradients: bool = True):
+    """(all finite, [finite flag of each term]) for one step's objective and gradients.
+
+    Terms, in the order they are reported: the target's support (a target outside it gives a
+    finite but meaningless log-likelihood), the likelihood, each latent's KL, the total KL,
+    the loss and (unless the optimizer checks them itself) the gradients.
+    """
+    terms = []
+    if out["target_in_support"] is not None:
+        terms.append((model._support_text(), [ops.where(out["target_in_support"], 0.0, np.nan)]))
+    terms.append(("the likelihood (nll)", [out["nll"]]))
+    terms += [(f"the KL of latent {name!r}", [v]) for name, v in out["kl_per_latent"].items()]
+    terms.append(("the total KL (latents and Bayesian layers' weight KL)", [out["kl"]]))
+    terms.append(("the loss (bound or an estimator's surrogate)", [out["loss"]]))
+    if check_gradients:
+        terms.append(("the gradients", gradients))
+    model._nonfinite_term_names = [name for name, _ in terms]
+    flags = [all_finite(values) for _, values in terms]
+    return ops.all(ops.stack(flags)), flags
+
+
+def record(model, ok, flags) -> None:
+    """Counts a skipped step (ok false) and remembers its first non-finite term."""
+    first_bad = ops.cast(ops.argmin(ops.cast(ops.stack(flags), "int32")), "int32")
+    model._nonfinite_term.assign(ops.where(ok, model._nonfinite_term, first_bad))
+    model._consecutive_skips.assign(ops.where(ok, 0, model._consecutive_skips + 1))
+    model._skipped_steps.update_state(1.0 - ops.cast(ok, "float32"))
+
+
+def consecutive_skips(model) -> int:
+    return int(keras.ops.convert_to_numpy(model._consecutive_skips))
+
+
+def message(model, limit: int) -> str:
+    index = int(keras.ops.convert_to_numpy(model._nonfinite_term))
+    names = model._nonfinite_term_names
+    term = names[index] if index < len(names) else "an unknown term"
+    return (
+        f"Training stopped after {limit} consecutive steps with non-finite values (each was "
+        f"skipped: weights, optimizer and baseline state untouched). In the last one, "
+        f"{term} was the first non-finite term. Check the data, the learning rate and the "
+        "scales of the distributions, or raise `max_consecutive_skips`."
+    )

@@ -1,0 +1,65 @@
+"""Gradients keras_vi takes outside Keras's training step, on TensorFlow.
+
+Two users: the DReG estimator, which needs d log w / dz for samples z drawn during the
+forward pass (`SampleTape`), and the gradient-variance diagnostics, which take many
+gradients of the loss per logged step (`value_and_gradients`, `function`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+
+def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, list]:
+    """`fn()` and the gradients of its scalar value with respect to `variables`.
+
+    Variables the value does not depend on get zeros.
+    """
+    with tf.GradientTape() as tape:
+        value = fn()
+    gradients = tape.gradient(
+        value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return value, gradients
+
+
+def function(fn: Callable, jit_compile: bool = False, reduce_retracing: bool = False) -> Callable:
+    """`fn` compiled to a graph (with XLA when `jit_compile`)."""
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=reduce_retracing)
+
+
+class SampleTape:
+    """Watches samples z during a forward pass, for gradients of later values with respect to z.
+
+    Open it around the forward pass and the objective (a context manager); `watch` each z as
+    it is drawn; `gradient(target, samples)` then gives d target / dz, shaped like each z
+    (zeros where unconnected), without being recorded by an outer tape.
+    """
+
+    def __init__(self):
+        self._tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
+
+    def __enter__(self) -> SampleTape:
+        self._tape.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._tape.__exit__(*exc_info)
+
+    def watch(self, z: Any) -> None:
+        self._tape.watch(z)
+
+    def gradient(self, target, samples: list) -> list:
+        with self._tape.stop_recording():
+            return self._tape.gradient(
+                target, samples, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+
+    def depends(self, later: Any, earlier: Any) -> bool:
+        """Whether `later` (a sample or structure of them) was computed from `earlier`."""
+        with self._tape.stop_recording():
+            connected = tf.nest.flatten(self._tape.gradient(later, earlier))
+        return any(g is not None for g in connected)

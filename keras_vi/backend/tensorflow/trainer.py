@@ -1,0 +1,137 @@
+"""`train_step` and `test_step` of `kvi.VariationalModel` on TensorFlow.
+
+The step itself is thin: the objective (`VariationalModel.compute_objective`), what a step
+reports (`keras_vi._reporting`) and which terms must be finite (`keras_vi._nonfinite`) are
+backend-agnostic. What is TensorFlow's: the gradient tape, the per-replica loss scaling of
+`tf.distribute`, and applying the update only when every replica's step was finite.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_vi import _nonfinite, _reporting
+
+
+class VariationalTrainer:
+    """Mixed into `kvi.VariationalModel` before `keras.Model` on the TensorFlow backend."""
+
+    def train_step(self, data):
+        x, y, sample_weight = self._unpack_weighted(data)
+        self._begin_train_step(x, y, sample_weight)
+        state = self._step_state()
+        saved_state = [tf.identity(v.value) for v in state]
+        with tf.GradientTape() as tape:
+            out = self.compute_objective(x, y, training=True, sample_weight=sample_weight)
+            # As Keras's own step: the per-replica loss divided by the replica count (so the
+            # summed gradients average), then the optimizer's loss scaling (mixed precision).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(out["loss"] / replicas)
+        trainable_weights = self.trainable_weights
+        gradients = tape.gradient(scaled_loss, trainable_weights)
+
+        # A LossScaleOptimizer skips overflowing steps itself and must see them to lower its
+        # scale, so it gets every update and checks the gradients.
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        ok, flags = _nonfinite.check(self, out, gradients, check_gradients=not loss_scaled)
+        ok = _agreed_across_replicas(ok)
+        if loss_scaled:
+            self.optimizer.apply(gradients, trainable_weights)
+        else:
+            _apply_if(self.optimizer, gradients, trainable_weights, ok)
+        for variable, saved in zip(state, saved_state):
+            variable.assign(tf.where(ok, variable.value, saved))
+        _nonfinite.record(self, ok, flags)
+        _reporting.update(self, out, y, _batch_size(x), ok=ok, sample_weight=sample_weight)
+        return _logs(self, skipped_steps=self._skipped_steps.result())
+
+    def test_step(self, data):
+        x, y, sample_weight = self._unpack_weighted(data)
+        out = self.compute_objective(x, y, training=False, sample_weight=sample_weight)
+        _reporting.update(self, out, y, _batch_size(x), sample_weight=sample_weight)
+        return _logs(self)
+
+
+def skip_batches(train_function, count: int, steps_per_execution: int, on_skip):
+    """`train_function`, which first consumes `count` batches without training on them.
+
+    For resuming an epoch interrupted mid-way (`keras_vi._fit.MidEpochResume`); `on_skip()`
+    gives the logs Keras shows for a consumed batch.
+    """
+    remaining = [count]
+
+    def function(iterator):
+        if remaining[0] > 0:
+            for _ in range(steps_per_execution):
+                next(iterator)
+            remaining[0] -= steps_per_execution
+            return on_skip()
+        return train_function(iterator)
+
+    return function
+
+
+def _batch_size(structure):
+    first = next(t for t in tf.nest.flatten(structure) if t is not None)
+    return tf.shape(first)[0]
+
+
+def _logs(model, **extra) -> dict:
+    logs = {**_reporting.logs(model), **extra}
+    if _in_multi_worker_mode():
+        # Keras 3 reduces multi-worker logs with MEAN over axis 0, which fails on scalars
+        # (tensorflow/tensorflow#72388). The metrics are already synchronised across
+        # workers, so a length-1 vector reduces back to the same scalar.
+        logs = _reporting.as_vectors(logs)
+    return logs
+
+
+def _in_multi_worker_mode() -> bool:
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return strategy.extended._in_multi_worker_mode()
+
+
+def _agreed_across_replicas(ok):
+    """True only if every replica's flag is true, so all replicas take the same branch."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return ok
+    bad = context.all_reduce("sum", tf.cast(tf.logical_not(ok), tf.float32))
+    return tf.equal(bad, 0.0)
+
+
+def _apply_if(optimizer, gradients, weights, ok) -> None:
+    """optimizer.apply(gradients) when `ok`, otherwise nothing (no step, no state change).
+
+    A cond whose branch synchronises replicas (the optimizer's merge_call) must run in
+    cross-replica context under strategies that merge, as Keras's LossScaleOptimizer does.
+    """
+    pairs = [(g, w) for g, w in zip(gradients, weights) if g is not None]
+    grads, variables = [g for g, _ in pairs], [w for _, w in pairs]
+    context = tf.distribute.get_replica_context()
+    if (
+        context is None
+        or context.num_replicas_in_sync == 1
+        or tf.__internal__.distribute.strategy_supports_no_merge_call()
+    ):
+        tf.cond(ok, lambda: _apply(optimizer, grads, variables), tf.no_op)
+        return
+
+    def cross_replica(distribution, grads, ok):
+        ok = distribution.experimental_local_results(ok)[0]
+
+        def apply_on_replicas():
+            distribution.extended.call_for_each_replica(_apply, args=(optimizer, grads, variables))
+            return tf.no_op()
+
+        tf.cond(ok, apply_on_replicas, tf.no_op)
+
+    context.merge_call(cross_replica, args=(grads, ok))
+
+
+def _apply(optimizer, grads, variables):
+    optimizer.apply(grads, variables)
+    return tf.no_op()
