@@ -1,6 +1,15 @@
 """keras_vi: variational inference as a first-class citizen of Keras 3 on TensorFlow."""
 
-from keras_vi import diagnostics, divergences, errors, estimators, layers, priors, schedules
+from keras_vi import (
+    diagnostics,
+    divergences,
+    errors,
+    estimators,
+    layers,
+    priors,
+    schedules,
+)
+from keras_vi.backend import bijectors, distributions
 from keras_vi.diagnostics import gradient_variance
 from keras_vi.errors import NonFiniteError
 from keras_vi.expectation import expectation
@@ -15,8 +24,10 @@ from keras_vi import callbacks  # noqa: E402  (imports the model; keep last)
 __all__ = [
     "NonFiniteError",
     "VariationalModel",
+    "bijectors",
     "callbacks",
     "diagnostics",
+    "distributions",
     "divergences",
     "errors",
     "estimators",

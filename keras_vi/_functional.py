@@ -8,7 +8,7 @@ variant with `Functional` mixed in, so both styles work side by side.
 `Functional` is not exported by Keras (`keras.src.models.functional`), and saved models must
 name the user's class rather than the variant, which takes a write to Keras's registry of
 custom names (`keras.src.saving.object_registration.GLOBAL_CUSTOM_NAMES`). Both are private
-Keras APIs with no public route; `tests/test_conventions.py::test_private_keras_apis_in_place`
+Keras APIs with no public route; `tests/test_architecture.py::test_private_keras_apis_in_place`
 fails loudly if a Keras release moves them.
 """
 

@@ -29,13 +29,13 @@ def tile(structure: Any, k: int) -> Any:
 def to_samples(rows, k: int):
     """[K * B, ...] -> [K, B, ...]."""
     rows = ops.convert_to_tensor(rows)
-    return ops.reshape(rows, (k, -1) + tuple(rows.shape[1:]))
+    return ops.reshape(rows, (k, -1) + tuple(ops.shape(rows)[1:]))
 
 
 def to_rows(samples):
     """[K, B, ...] -> [K * B, ...]."""
     samples = ops.convert_to_tensor(samples)
-    return ops.reshape(samples, (-1,) + tuple(samples.shape[2:]))
+    return ops.reshape(samples, (-1,) + tuple(ops.shape(samples)[2:]))
 
 
 def first_copy(structure: Any, batch_size) -> Any:

@@ -6,7 +6,7 @@ evaluation step (`model(x)`, `predict`, the `serve` function of `model.export`) 
 (`point_estimate`), every Bayesian layer uses its posterior-mean weights (its noise is zero),
 and the model maps its output through the likelihood's mean (`likelihood_mean`).
 
-The switch is thread-local (replicas of `tf.distribute.MirroredStrategy` run in threads) and
+The switch is thread-local (the replicas of a mirrored distribution strategy run in threads) and
 read at trace time, and it never applies inside a step scope (`keras_vi._scope`), so training,
 evaluation and the objective-based tools always sample.
 """
@@ -17,12 +17,10 @@ import contextlib
 import threading
 from typing import Any
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
 from keras_vi import _scope, likelihoods
-
-tfd = tfp.distributions
+from keras_vi.backend import distributions as tfd
 
 PREDICTIONS = ("sample", "mean")
 
@@ -83,7 +81,7 @@ def point_estimates() -> bool:
     return current_mode() == "mean" and _scope.current_scope() is None
 
 
-def point_estimate(q: tfd.Distribution, owner: str = "Latent") -> tf.Tensor:
+def point_estimate(q: tfd.Distribution, owner: str = "Latent") -> Any:
     """A deterministic stand-in for a draw from q.
 
     The mean of a fully reparameterized q (a Gaussian's loc) and the mode of any other q
@@ -101,8 +99,8 @@ def point_estimate(q: tfd.Distribution, owner: str = "Latent") -> tf.Tensor:
         A tensor of q's sample shape for one draw.
 
     Example:
-        >>> q = tfd.Independent(tfd.Bernoulli(logits=[[2.0, -1.0]], dtype=tf.float32), 1)
-        >>> point_estimate(q).numpy()
+        >>> q = tfd.Independent(tfd.Bernoulli(logits=[[2.0, -1.0]], dtype="float32"), 1)
+        >>> keras.ops.convert_to_numpy(point_estimate(q))
         array([[1., 0.]], dtype=float32)
     """
     reparameterized = q.reparameterization_type == tfd.FULLY_REPARAMETERIZED
@@ -115,7 +113,7 @@ def point_estimate(q: tfd.Distribution, owner: str = "Latent") -> tf.Tensor:
     if isinstance(q, tfd.TransformedDistribution):
         return q.bijector.forward(point_estimate(q.distribution, owner))
     if isinstance(q, tfd.ExpRelaxedOneHotCategorical):
-        return tf.math.log_softmax(q.logits_parameter() / q.temperature)
+        return ops.log_softmax(q.logits_parameter() / q.temperature, axis=-1)
     raise ValueError(
         f"{owner}: prediction='mean' needs the {'mean' if reparameterized else 'mode'} of q, "
         f"which {type(q).__name__} does not implement. Use prediction='sample' (and "
@@ -125,7 +123,7 @@ def point_estimate(q: tfd.Distribution, owner: str = "Latent") -> tf.Tensor:
 
 
 def _input_width(inputs: Any) -> int | None:
-    leaves = tf.nest.flatten(inputs)
+    leaves = tree.flatten(inputs)
     if len(leaves) != 1 or getattr(leaves[0], "shape", None) is None:
         return None
     shape = leaves[0].shape
@@ -151,7 +149,8 @@ def likelihood_mean(likelihood: Any, y_pred: Any, inputs: Any = None) -> Any:
         The mean, float32 for the named likelihoods.
 
     Example:
-        >>> likelihood_mean("bernoulli", tf.constant([[0.0, 2.0]])).numpy().round(3)
+        >>> mean = likelihood_mean("bernoulli", np.array([[0.0, 2.0]]))
+        >>> keras.ops.convert_to_numpy(mean).round(3)
         array([[0.5  , 0.881]], dtype=float32)
     """
     if likelihood is None:
@@ -165,22 +164,22 @@ def likelihood_mean(likelihood: Any, y_pred: Any, inputs: Any = None) -> Any:
                 f"prediction='mean' needs the mean of the likelihood's {type(dist).__name__}, "
                 "which it does not implement. Use prediction='sample'."
             ) from error
-    y_pred = tf.cast(y_pred, tf.float32)
+    y_pred = ops.cast(y_pred, "float32")
     if likelihood == "bernoulli":
-        return tf.sigmoid(y_pred)
+        return ops.sigmoid(y_pred)
     if likelihood == "categorical":
-        return tf.nn.softmax(y_pred, axis=-1)
+        return ops.softmax(y_pred, axis=-1)
     if likelihood == "poisson":
-        return tf.exp(y_pred)
+        return ops.exp(y_pred)
     if likelihood == "normal":
         return _normal_loc(y_pred, _input_width(inputs))
     raise ValueError(f"Unknown `likelihood` {likelihood!r}.")
 
 
-def _normal_loc(y_pred: tf.Tensor, width: int | None) -> tf.Tensor:
-    out = y_pred.shape[-1] if y_pred.shape.rank else None
+def _normal_loc(y_pred: Any, width: int | None) -> Any:
+    out = y_pred.shape[-1] if len(y_pred.shape) else None
     if width is not None and out == 2 * width:
-        return tf.split(y_pred, 2, axis=-1)[0]
+        return ops.split(y_pred, 2, axis=-1)[0]
     if out is None or out == width or out % 2 == 1:
         return y_pred  # an odd width cannot hold [loc, raw scale]
     raise ValueError(

@@ -72,7 +72,7 @@ def compiled_metrics(model):
 
     Keras keeps them in `Model._compile_metrics` (a private attribute; the public
     `compiled_metrics` was removed in Keras 3). A `train_step` override that reports them
-    must update that object; `tests/test_conventions.py::test_private_keras_apis_in_place`
+    must update that object; `tests/test_architecture.py::test_private_keras_apis_in_place`
     fails if a Keras release renames it.
     """
     return getattr(model, "_compile_metrics", None)

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 # Whether Keras is tracing layers symbolically (shape inference in a scratch graph): no public
-# API tells, and draws there must not be recorded. `tests/test_conventions.py::
+# API tells, and draws there must not be recorded. `tests/test_architecture.py::
 # test_private_keras_apis_in_place` fails if a Keras release moves it.
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 

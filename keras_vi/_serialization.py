@@ -54,7 +54,7 @@ def _is_keras_builtin(fn: Any) -> bool:
 
     An unregistered function is saved by bare name, and loading looks that name up in
     `keras.activations`, `keras.losses`, ...: `keras.activations.relu` comes back as itself,
-    `tf.nn.relu` would come back as `keras.activations.relu`, a user's `poisson` as
+    another library's `relu` would come back as `keras.activations.relu`, a user's `poisson` as
     `keras.losses.poisson`.
     """
     name = getattr(fn, "__name__", None)

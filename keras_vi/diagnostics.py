@@ -26,10 +26,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops, tree
 
-from keras_vi import _scope, divergences, likelihoods
+from keras_vi import _checks, _scope, divergences, likelihoods
 from keras_vi import estimators as estimators_lib
+from keras_vi.backend import data as backend_data
+from keras_vi.backend import gradients as backend_gradients
+from keras_vi.backend import random as backend_random
 
 __all__ = [
     "ACTIVITY_THRESHOLD",
@@ -51,15 +54,19 @@ def check_seed(seed: int | None, owner: str) -> int:
     """An int seed in [0, 2**31); None draws one from the OS (no global RNG is consumed)."""
     if seed is None:
         return secrets.randbelow(2**31 - 1)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+    if not (_checks.is_int(_as_int(seed)) and 0 <= seed < 2**31):
         raise ValueError(f"{owner}: `seed` must be None or an int in [0, 2**31), got {seed!r}.")
     return int(seed)
 
 
 def check_int(value: Any, name: str, owner: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{owner}: `{name}` must be an integer >= {minimum}, got {value!r}.")
+    """`value` as an int (NumPy integers accepted) if it is >= minimum."""
+    _checks.int_at_least(_as_int(value), name, minimum, owner)
     return int(value)
+
+
+def _as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, np.integer) else value
 
 
 def check_variational(model: Any, owner: str) -> None:
@@ -98,8 +105,8 @@ class ModelState:
 
     That is every non-trainable variable of the model (seed generators' states, baselines'
     moving averages, batch-norm statistics, ...) plus `extra` variables. Works eagerly and
-    inside `tf.function` / XLA (reads and assignments are ordered by TensorFlow's automatic
-    control dependencies).
+    inside compiled functions / XLA (on TensorFlow, reads and assignments of a variable run
+    in program order).
     """
 
     def __init__(self, model: keras.Model, extra=()):
@@ -115,22 +122,23 @@ class ModelState:
         }
         self.seed_states = [v for v in self.variables if id(v) in seed_ids]
 
-    def save(self) -> list[tf.Tensor]:
-        return [tf.convert_to_tensor(v) for v in self.variables]
+    def save(self) -> list:
+        # A copy, not `convert_to_tensor`, which returns a Keras variable itself.
+        return [ops.copy(v) for v in self.variables]
 
-    def restore(self, saved: list[tf.Tensor]) -> None:
+    def restore(self, saved: list) -> None:
         for variable, value in zip(self.variables, saved):
             variable.assign(value)
 
-    def reseed(self, seed: tf.Tensor) -> None:
+    def reseed(self, seed) -> None:
         """Points every seed generator at a fresh stream derived from `seed` (int32[2])."""
         for index, state in enumerate(self.seed_states):
-            fresh = tf.random.experimental.stateless_fold_in(seed, index)
-            state.assign(tf.cast(fresh, state.dtype))
+            fresh = backend_random.fold_in(seed, index)
+            state.assign(ops.cast(fresh, state.dtype))
 
 
 @contextlib.contextmanager
-def isolated_noise(model: keras.Model, seed: int | tf.Tensor, extra=()) -> Iterator[None]:
+def isolated_noise(model: keras.Model, seed: Any, extra=()) -> Iterator[None]:
     """Runs forward passes with the diagnostics' own noise, leaving the model as it was.
 
     Inside the block every seed generator of the model draws from a stream derived from
@@ -155,10 +163,11 @@ def isolated_noise(model: keras.Model, seed: int | tf.Tensor, extra=()) -> Itera
         state.restore(saved)
 
 
-def _seed_pair(seed: int | tf.Tensor) -> tf.Tensor:
+def _seed_pair(seed: Any):
+    """An int32[2] stateless seed from an int or an integer seed of two values."""
     if isinstance(seed, (int, np.integer)):
-        return tf.constant([int(seed), 0], dtype=tf.int32)
-    return tf.cast(seed, tf.int32)
+        return backend_random.draw_seed(int(seed))
+    return ops.cast(seed, "int32")
 
 
 # ------------------------------------------------------------------- swapping estimators
@@ -287,17 +296,17 @@ def gradient_moments(
     y: Any,
     *,
     num_estimates: int,
-    seed: tf.Tensor,
+    seed: Any,
     kl_weight: Any = None,
     extra_state=(),
 ) -> dict:
-    """The tensors behind `gradient_variance`; call inside a `tf.function` (or eagerly).
+    """The tensors behind `gradient_variance`; call inside a compiled function (or eagerly).
 
     Estimate i draws its noise from `fold_in(seed, i)` and sees the model's state as it was on
-    entry (restored after each estimate), so the estimates are independent and identically
-    distributed and the model is left unchanged. When `extra_state` (the own state of
-    swapped-in estimators, e.g. a moving-average baseline) is given, one forward pass first
-    lets it track the current batch's learning signal.
+    entry (restored before each estimate and at the end), so the estimates are independent
+    and identically distributed and the model is left unchanged. When `extra_state` (the own
+    state of swapped-in estimators, e.g. a moving-average baseline) is given, one forward
+    pass first lets it track the current batch's learning signal.
 
     Returns:
         A dict of tensors: `total_variance`, `variance` (one entry per trainable variable),
@@ -307,52 +316,63 @@ def gradient_moments(
     if extra_state:
         model_state = ModelState(model)
         model_saved = model_state.save()
-        model_state.reseed(tf.random.experimental.stateless_fold_in(seed, -1))
+        model_state.reseed(backend_random.fold_in(seed, -1))
         model.compute_objective(x, y, training=True, kl_weight=kl_weight)
         model_state.restore(model_saved)
     state = ModelState(model, extra_state)
     saved = state.save()
 
+    def loss():
+        return model.compute_objective(x, y, training=True, kl_weight=kl_weight)["loss"]
+
     def estimate(i):
-        state.reseed(tf.random.experimental.stateless_fold_in(seed, i))
-        with tf.GradientTape() as tape:
-            loss = model.compute_objective(x, y, training=True, kl_weight=kl_weight)["loss"]
-        grads = tape.gradient(loss, variables)
-        grads = [
-            tf.zeros(v.shape, tf.float32)
-            if g is None
-            else tf.cast(tf.convert_to_tensor(g), "float32")
-            for g, v in zip(grads, variables)
-        ]
-        with tf.control_dependencies(grads):
-            state.restore(saved)
-        return grads
+        # Restored before the pass rather than after it: each variable's reads and writes
+        # run in program order, so this needs no ordering against the gradients.
+        state.restore(saved)
+        state.reseed(backend_random.fold_in(seed, i))
+        _, grads = backend_gradients.value_and_gradients(loss, variables)
+        return [_dense_float32(g, v) for g, v in zip(grads, variables)]
 
     def body(i, means, m2s, norm_sum):
         grads = estimate(i)
-        count = tf.cast(i + 1, tf.float32)
+        count = ops.cast(i + 1, "float32")
         new_means, new_m2s = [], []
         for g, mean, m2 in zip(grads, means, m2s):  # Welford's update: stable in float32.
             delta = g - mean
             mean = mean + delta / count
             new_means.append(mean)
             new_m2s.append(m2 + delta * (g - mean))
-        return i + 1, new_means, new_m2s, norm_sum + tf.linalg.global_norm(grads)
+        return i + 1, new_means, new_m2s, norm_sum + _global_norm(grads)
 
-    zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
-    _, means, m2s, norm_sum = tf.while_loop(
+    zeros = [ops.zeros(tuple(v.shape), "float32") for v in variables]
+    _, means, m2s, norm_sum = ops.while_loop(
         lambda i, *_: i < num_estimates,
         body,
-        (tf.constant(0), zeros, list(zeros), tf.constant(0.0)),
+        (ops.convert_to_tensor(0, "int32"), zeros, list(zeros), ops.convert_to_tensor(0.0)),
     )
-    per_variable = tf.stack([tf.reduce_sum(m2) for m2 in m2s]) / float(num_estimates - 1)
-    total = tf.reduce_sum(per_variable)
+    state.restore(saved)
+    per_variable = ops.stack([ops.sum(m2) for m2 in m2s]) / float(num_estimates - 1)
+    total = ops.sum(per_variable)
     return {
         "total_variance": total,
         "variance": per_variable,
         "mean_norm": norm_sum / float(num_estimates),
-        "snr": tf.linalg.global_norm(means) / tf.sqrt(total),
+        "snr": _global_norm(means) / ops.sqrt(total),
     }
+
+
+def _dense_float32(gradient, variable):
+    """A gradient as a dense float32 tensor shaped like its variable.
+
+    The reshape also densifies TensorFlow's IndexedSlices (the gradient of a gather, e.g. an
+    embedding lookup), which `convert_to_tensor` passes through unchanged.
+    """
+    return ops.cast(ops.reshape(gradient, tuple(variable.shape)), "float32")
+
+
+def _global_norm(tensors: list):
+    """The L2 norm of all entries of a list of tensors together."""
+    return ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(t)) for t in tensors])))
 
 
 def _ensure_built(model: keras.Model, x: Any, seed: int) -> None:
@@ -418,11 +438,11 @@ def gradient_variance(
                 model, x, y, num_estimates=num_estimates, seed=seed_pair, extra_state=extra
             )
 
-    out = tf.function(run, jit_compile=jit_compile)(x, y, _seed_pair(seed))
-    per_variable = out["variance"].numpy().tolist()
+    out = backend_gradients.function(run, jit_compile=jit_compile)(x, y, _seed_pair(seed))
+    out = tree.map_structure(ops.convert_to_numpy, out)
     return GradientVariance(
         total_variance=float(out["total_variance"]),
-        variance=dict(zip(variable_names(variables), per_variable)),
+        variance=dict(zip(variable_names(variables), out["variance"].tolist())),
         mean_norm=float(out["mean_norm"]),
         snr=float(out["snr"]),
         num_estimates=num_estimates,
@@ -460,8 +480,8 @@ def _moment(q, name: str):
         return None
 
 
-def _flatten(t, rows) -> tf.Tensor:
-    return tf.reshape(tf.cast(t, tf.float32), [rows, -1])
+def _flatten(t, rows):
+    return ops.reshape(ops.cast(t, "float32"), (rows, -1))
 
 
 def _probe(model: keras.Model, x: Any) -> dict:
@@ -482,20 +502,20 @@ def _probe(model: keras.Model, x: Any) -> dict:
         if counts[name] > 1:
             name = f"{name}_{counts[name] - 1}"
         q, z, prior = record.q, record.z, record.prior
-        rows = tf.shape(z)[0]
+        rows = ops.shape(z)[0]
         mean = _moment(q, "mean")
         if mean is None:  # e.g. a flow: estimate E_q[z] from a few draws.
-            seed = tf.random.experimental.stateless_fold_in(record.seed, 1)
-            mean = tf.reduce_mean(q.sample(16, seed=seed), axis=0)
+            seed = backend_random.fold_in(record.seed, 1)
+            mean = ops.mean(q.sample(16, seed=seed), axis=0)
         entry = {"mean": _flatten(mean, rows)}
         scale = _moment(q, "stddev")
         if scale is not None:
             entry["scale"] = _flatten(scale, rows)
         if prior is not None:
             if divergences.has_analytic_kl(q, prior):
-                entry["kl"] = tf.cast(divergences.analytic_kl(q, prior), tf.float32)
+                entry["kl"] = ops.cast(divergences.analytic_kl(q, prior), "float32")
             else:
-                entry["kl"] = tf.cast(divergences.mc_kl_from_samples(q, prior, z), tf.float32)
+                entry["kl"] = ops.cast(divergences.mc_kl_from_samples(q, prior, z), "float32")
             per_dim = divergences.per_dimension(q, prior, z)
             if per_dim is not None:
                 entry["kl_per_dim"] = _flatten(per_dim, rows)
@@ -508,7 +528,7 @@ def iterate_batches(data: Any, batch_size: int, owner: str) -> Iterator[tuple[An
 
     Unsupervised data (no y) yields y = x.
     """
-    if isinstance(data, tf.data.Dataset):
+    if backend_data.is_dataset(data):
         for element in data:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
             yield x, (x if y is None else y)
@@ -519,10 +539,10 @@ def iterate_batches(data: Any, batch_size: int, owner: str) -> Iterator[tuple[An
     if x is None:
         raise ValueError(f"{owner}: the data holds no inputs.")
     y = x if y is None else y
-    n = int(tf.nest.flatten(x)[0].shape[0])
+    n = int(tree.flatten(x)[0].shape[0])
     for start in range(0, n, batch_size):
         take = lambda a, start=start: a[start : start + batch_size]  # noqa: E731
-        yield tf.nest.map_structure(take, x), tf.nest.map_structure(take, y)
+        yield tree.map_structure(take, x), tree.map_structure(take, y)
 
 
 class LatentProbe:
@@ -530,7 +550,9 @@ class LatentProbe:
 
     def __init__(self, model: keras.Model):
         self.model = model
-        self._fn = tf.function(lambda x: _probe(model, x)["latents"], reduce_retracing=True)
+        self._fn = backend_gradients.function(
+            lambda x: _probe(model, x)["latents"], reduce_retracing=True
+        )
 
     def __call__(
         self,
@@ -538,7 +560,7 @@ class LatentProbe:
         *,
         batch_size: int = 256,
         threshold: float = ACTIVITY_THRESHOLD,
-        seed: int | tf.Tensor = 0,
+        seed: Any = 0,
         owner: str = "latent_statistics",
     ) -> dict[str, LatentStatistics]:
         batches = iterate_batches(data, batch_size, owner)
@@ -552,7 +574,7 @@ class LatentProbe:
                 for name, entry in self._fn(x).items():
                     slot = collected.setdefault(name, {})
                     for key, value in entry.items():
-                        slot.setdefault(key, []).append(value.numpy())
+                        slot.setdefault(key, []).append(ops.convert_to_numpy(value))
         stats = {}
         for name, slot in collected.items():
             means = np.concatenate(slot["mean"]).astype(np.float64)
@@ -616,13 +638,13 @@ def latent_statistics(
 # ------------------------------------------------------------------------------ images
 
 
-def output_mean(model: keras.Model, y_pred: Any, y: Any) -> tf.Tensor:
+def output_mean(model: keras.Model, y_pred: Any, y: Any) -> Any:
     """The mean of the model's likelihood at `y_pred` (e.g. sigmoid of Bernoulli logits).
 
     Without a `likelihood` (a compiled Keras loss), the raw output is returned.
     """
     likelihood = getattr(model, "likelihood", None)
     if likelihood is None:
-        return tf.convert_to_tensor(y_pred)
-    dist, _ = likelihoods.distribution(likelihood, y_pred, tf.convert_to_tensor(y))
+        return ops.convert_to_tensor(y_pred)
+    dist, _ = likelihoods.distribution(likelihood, y_pred, ops.convert_to_tensor(y))
     return dist.mean()

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from typing import Any
 
-from keras_vi import _random
+import keras
+from keras import ops, tree
 
-tfd = tfp.distributions
+from keras_vi import _checks
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import random as backend_random
 
 __all__ = ["kl", "analytic_kl", "has_analytic_kl", "KL_METHODS"]
 
 KL_METHODS = ("auto", "analytic", "mc")
 
 
+# The package that TFP's own classes live in, for the active backend's TFP.
+_TFP_PACKAGE = tfd.Distribution.__module__.split(".")[0]
+
+
 def check_kl_method(method: str, argument: str = "method") -> str:
-    if method not in KL_METHODS:
-        raise ValueError(f"Unknown `{argument}` {method!r}; expected one of {KL_METHODS}.")
-    return method
+    return _checks.one_of(method, argument, KL_METHODS)
 
 
 def _no_closed_form_errors(q: tfd.Distribution) -> tuple[type[Exception], ...]:
@@ -26,12 +30,12 @@ def _no_closed_form_errors(q: tfd.Distribution) -> tuple[type[Exception], ...]:
     TFP's KL of two joint distributions is the sum of their parts' KLs, and raises a
     ValueError when the parts depend on one another (no closed form either).
     """
-    if tf.nest.is_nested(q.dtype):
+    if tree.is_nested(q.dtype):
         return (NotImplementedError, ValueError)
     return (NotImplementedError,)
 
 
-def analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> tf.Tensor:
+def analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> Any:
     """Closed-form KL(q || p), or a ValueError naming both distribution types."""
     try:
         return tfd.kl_divergence(q, p)
@@ -46,7 +50,7 @@ def analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> tf.Tensor:
 def has_analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> bool:
     """Whether TFP has a closed form for KL(q || p) (decided by trying it at trace time)."""
     try:
-        with tf.name_scope("kl_probe"):
+        with keras.name_scope("kl_probe"):
             tfd.kl_divergence(q, p)
         return True
     except _no_closed_form_errors(q):
@@ -55,9 +59,7 @@ def has_analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> bool:
 
 def _describe(d: tfd.Distribution) -> str:
     # Name the TFP family (keras_vi's PhiloxNormal is a tfd.Normal to the user).
-    tfp_class = next(
-        c for c in type(d).__mro__ if c.__module__.startswith("tensorflow_probability")
-    )
+    tfp_class = next(c for c in type(d).__mro__ if c.__module__.startswith(_TFP_PACKAGE))
     name = tfp_class.__name__
     inner = getattr(d, "distribution", None)
     if isinstance(inner, tfd.Distribution):
@@ -65,7 +67,7 @@ def _describe(d: tfd.Distribution) -> str:
     return name
 
 
-def mc_kl_from_samples(q, p, z) -> tf.Tensor:
+def mc_kl_from_samples(q, p, z) -> Any:
     """One-sample-per-row Monte Carlo estimate log q(z) - log p(z) (no score term)."""
     return q.log_prob(z) - p.log_prob(z)
 
@@ -76,7 +78,7 @@ def kl(
     method: str = "auto",
     num_samples: int = 1,
     seed=None,
-) -> tf.Tensor:
+) -> Any:
     """KL(q || p) per batch element of q.
 
     Args:
@@ -100,8 +102,7 @@ def kl(
         0.36
     """
     check_kl_method(method)
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
+    _checks.positive_int(num_samples, "num_samples")
     if method == "analytic":
         return analytic_kl(q, p)
     if method == "auto" and has_analytic_kl(q, p):
@@ -109,17 +110,17 @@ def kl(
     # Imported here: the estimators import the objectives, which import this module.
     from keras_vi.estimators.base import is_reparameterized, stop_gradient_nested
 
-    z = q.sample(num_samples, seed=_random.draw_tfp_seed(seed))
+    z = q.sample(num_samples, seed=backend_random.draw_seed(seed))
     reparameterized = is_reparameterized(q)
     if not reparameterized:
         z = stop_gradient_nested(z)
     log_ratio = q.log_prob(z) - p.log_prob(z)
-    value = tf.reduce_mean(log_ratio, axis=0)
+    value = ops.mean(log_ratio, axis=0)
     if reparameterized:
         return value
     # Score-function term: E[stop(log q - log p) * d log q]; zero in value.
-    surrogate = tf.reduce_mean(tf.stop_gradient(log_ratio) * q.log_prob(z), axis=0)
-    return value + surrogate - tf.stop_gradient(surrogate)
+    surrogate = ops.mean(ops.stop_gradient(log_ratio) * q.log_prob(z), axis=0)
+    return value + surrogate - ops.stop_gradient(surrogate)
 
 
 def per_dimension(q, p, z=None):
@@ -137,6 +138,13 @@ def per_dimension(q, p, z=None):
         elementwise = q_inner.log_prob(z) - p_inner.log_prob(z)
     else:
         return None
-    batch_rank = q.batch_shape.rank
-    shape = tf.concat([tf.shape(elementwise)[:batch_rank], [-1]], axis=0)
-    return tf.reshape(elementwise, shape)
+    batch_rank = _rank(q.batch_shape)
+    return ops.reshape(elementwise, tuple(ops.shape(elementwise)[:batch_rank]) + (-1,))
+
+
+def _rank(shape) -> int | None:
+    """The length of a static shape (a TensorShape or a tuple), None when unknown."""
+    try:
+        return len(shape)
+    except ValueError:
+        return None

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
-from keras_vi import _random, _scope, estimators, objectives
-
-tfd = tfp.distributions
+from keras_vi import _layout, _scope, estimators, objectives
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import gradients
+from keras_vi.backend import random as backend_random
 
 __all__ = ["expectation"]
 
@@ -29,18 +30,26 @@ class _ExpectationSignals(objectives.Signals):
         return self.log_q
 
 
-def _align(values: tf.Tensor, log_q: tf.Tensor):
+def _align(values: Any, log_q: Any):
     """Brings f(z) [S, ...] and log q(z) [S, ...] to one shape.
 
     Extra trailing axes of log q (independent batch members that f sums over) are summed;
     extra axes of f (several outputs per sample) are averaged, matching the value's mean.
     """
-    f_rank, q_rank = values.shape.rank, log_q.shape.rank
+    f_rank, q_rank = len(values.shape), len(log_q.shape)
     if q_rank > f_rank:
-        log_q = tf.reduce_sum(log_q, axis=list(range(f_rank, q_rank)))
+        log_q = ops.sum(log_q, axis=tuple(range(f_rank, q_rank)))
     elif f_rank > q_rank:
-        values = tf.reduce_mean(values, axis=list(range(q_rank, f_rank)))
+        values = ops.mean(values, axis=tuple(range(q_rank, f_rank)))
     return values, log_q
+
+
+def _compatible(shape, other) -> bool:
+    """Whether two static shapes can describe the same tensor (None matches any size)."""
+    shape, other = tuple(shape), tuple(other)
+    return len(shape) == len(other) and all(
+        a is None or b is None or a == b for a, b in zip(shape, other)
+    )
 
 
 def _check_objective(objective, num_samples: int, est) -> None:
@@ -61,13 +70,12 @@ def _baseline_inputs(inputs, num_samples: int):
     """[*batch, F] features -> [S * prod(batch), F] rows, sample-major like the model's."""
     if inputs is None:
         return None
-    inputs = tf.convert_to_tensor(inputs, dtype_hint=tf.float32)
-    tiled = tf.broadcast_to(inputs[tf.newaxis], tf.concat([[num_samples], tf.shape(inputs)], 0))
-    return tf.reshape(tiled, [-1, inputs.shape[-1]])
+    inputs = ops.convert_to_tensor(inputs)
+    return _layout.tile(ops.reshape(inputs, (-1, inputs.shape[-1])), num_samples)
 
 
 def expectation(
-    fn: Callable[[tf.Tensor], tf.Tensor],
+    fn: Callable[[Any], Any],
     q: tfd.Distribution,
     estimator: Any = "auto",
     num_samples: int = 1,
@@ -76,13 +84,13 @@ def expectation(
     objective: str | None = None,
     baseline_inputs: Any = None,
     maximize: bool | None = None,
-) -> tf.Tensor:
+) -> Any:
     """E_q[fn(z)] (or a variational bound) by Monte Carlo, with the chosen estimator's gradient.
 
     With `objective=None` the value is the mean of `fn(z)` over the `num_samples` draws (and
-    any batch axes). Its gradient inside a `tf.GradientTape` is the estimator's: pathwise
-    through z for `Reparameterization`, `(fn(z) - b) grad log q(z)` for `ScoreFunction`, the
-    relaxed path for `GumbelSoftmax`, plus `fn`'s own variables.
+    any batch axes). Its gradient is the estimator's: pathwise through z for
+    `Reparameterization`, `(fn(z) - b) grad log q(z)` for `ScoreFunction`, the relaxed path
+    for `GumbelSoftmax`, plus `fn`'s own variables.
 
     With `objective="elbo"` or `"iwae"`, `fn` is the log joint density log p(x, z) of the
     samples (an unnormalised target, like `tfp.vi.monte_carlo_variational_loss`'s
@@ -152,7 +160,7 @@ def expectation(
     _check_objective(objective, num_samples, est)
     est.validate(q, objective=objective, num_samples=num_samples)
     maximize = objective is not None if maximize is None else bool(maximize)
-    tfp_seed = _random.draw_tfp_seed(seed)
+    tfp_seed = backend_random.draw_seed(seed)
 
     # Sampling runs in a training scope: estimators that behave differently at evaluation
     # (Gumbel-softmax draws exact samples there) use their training behaviour here.
@@ -161,32 +169,17 @@ def expectation(
     ):
         z = est.sample(q, tfp_seed, sample_shape=[num_samples])
 
-    path_tape = None
-    if getattr(est, "needs_path_gradient", False):
-        path_tape = tf.GradientTape(watch_accessed_variables=False)
-        path_tape.__enter__()
-        path_tape.watch(z)
-    try:
-        values = tf.convert_to_tensor(fn(z))
-        if values.shape.rank == 0 or values.shape[0] != num_samples:
-            raise ValueError(
-                f"`fn` must return values with leading axis num_samples={num_samples}, got "
-                f"shape {tuple(values.shape)}."
-            )
-        values = tf.cast(values, tf.float32)
-        if objective is not None:
-            log_q = tf.cast(est.log_prob(q, z), tf.float32)
-            if not values.shape.is_compatible_with(log_q.shape):
-                raise ValueError(
-                    f"With objective={objective!r}, `fn` must return log p(x, z) with the shape "
-                    f"of log q(z), {tuple(log_q.shape)}; got {tuple(values.shape)}."
-                )
-            per_sample = values - log_q
-        else:
-            per_sample = values
-    finally:
+    path_tape = gradients.SampleTape() if getattr(est, "needs_path_gradient", False) else None
+    with path_tape if path_tape is not None else contextlib.nullcontext():
         if path_tape is not None:
-            path_tape.__exit__(None, None, None)
+            path_tape.watch(z)
+        per_sample = _per_sample(fn, q, z, est, objective, num_samples)
+        path_gradient = None
+        if path_tape is not None:
+            parts = tree.flatten(z)
+            path_gradient = estimators.stop_gradient_nested(
+                tree.pack_sequence_as(z, path_tape.gradient(per_sample, parts))
+            )
 
     record = _scope.LatentRecord(
         layer=None,
@@ -197,29 +190,25 @@ def expectation(
         inputs=_baseline_inputs(baseline_inputs, num_samples),
         seed=tfp_seed,
     )
-    path_gradients = {}
-    if path_tape is not None:
-        path_gradients[id(record)] = estimators.stop_gradient_nested(
-            path_tape.gradient(per_sample, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        )
+    path_gradients = {} if path_gradient is None else {id(record): path_gradient}
 
     score_log_q = q.log_prob(estimators.stop_gradient_nested(z))
     if objective is None:
         signal, score_log_q = _align(per_sample, score_log_q)
-        value = tf.reduce_mean(per_sample)
-        bound = tf.reduce_mean(signal, axis=0)
+        value = ops.mean(per_sample)
+        bound = ops.mean(signal, axis=0)
     else:
         signal = per_sample
         if objective == "iwae":
             bound = objectives.iwae_bound(per_sample)
         else:
-            bound = tf.reduce_mean(per_sample, axis=0)
-        value = tf.reduce_mean(bound)
+            bound = ops.mean(per_sample, axis=0)
+        value = ops.mean(bound)
     signals = _ExpectationSignals(
         objective="iwae" if objective == "iwae" else "elbo",
         num_samples=num_samples,
         training=True,
-        kl_weight=tf.constant(0.0),
+        kl_weight=ops.zeros(()),
         log_likelihood=signal,
         per_sample=signal,
         bound=bound,
@@ -231,4 +220,24 @@ def expectation(
     surrogate = est.surrogate(record, signals)
     if surrogate is None:
         return value
-    return value + surrogate - tf.stop_gradient(surrogate)
+    return value + surrogate - ops.stop_gradient(surrogate)
+
+
+def _per_sample(fn, q, z, est, objective: str | None, num_samples: int):
+    """fn(z) [S, ...] (objective None), or the log-weights fn(z) - log q(z) [S, ...]."""
+    values = ops.convert_to_tensor(fn(z))
+    if len(values.shape) == 0 or values.shape[0] != num_samples:
+        raise ValueError(
+            f"`fn` must return values with leading axis num_samples={num_samples}, got "
+            f"shape {tuple(values.shape)}."
+        )
+    values = ops.cast(values, "float32")
+    if objective is None:
+        return values
+    log_q = ops.cast(est.log_prob(q, z), "float32")
+    if not _compatible(values.shape, log_q.shape):
+        raise ValueError(
+            f"With objective={objective!r}, `fn` must return log p(x, z) with the shape "
+            f"of log q(z), {tuple(log_q.shape)}; got {tuple(values.shape)}."
+        )
+    return values - log_q

@@ -5,8 +5,11 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from keras_vi.backend import gradients
 
 __all__ = ["log_likelihood"]
 
@@ -15,10 +18,9 @@ __all__ = ["log_likelihood"]
 _BOUNDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _spec(array: Any) -> tf.TensorSpec:
-    """The spec of every batch of `array`: its per-example shape, any number of rows."""
-    dtype = array.dtype if isinstance(array, tf.Tensor) else tf.as_dtype(array.dtype)
-    return tf.TensorSpec([None, *array.shape[1:]], dtype)
+def _spec(array: Any) -> tuple[tuple, str]:
+    """What every batch of `array` shares: its per-example shape and its dtype."""
+    return tuple(array.shape[1:]), keras.backend.standardize_dtype(array.dtype)
 
 
 def _bound_function(model, num_samples: int, jit_compile: bool, x_spec, y_spec):
@@ -36,7 +38,6 @@ def _bound_function(model, num_samples: int, jit_compile: bool, x_spec, y_spec):
         # With one sample the IWAE bound is the single-sample ELBO (IWAE needs K >= 2).
         objective = "iwae" if num_samples > 1 else "elbo"
 
-        @tf.function(jit_compile=jit_compile, input_signature=[x_spec, y_spec])
         def bound(xb, yb):
             out = model_ref().compute_objective(
                 xb,
@@ -44,11 +45,11 @@ def _bound_function(model, num_samples: int, jit_compile: bool, x_spec, y_spec):
                 training=False,
                 num_samples=num_samples,
                 objective=objective,
-                kl_weight=tf.constant(1.0),
+                kl_weight=ops.convert_to_tensor(1.0, "float32"),
             )
             return out["bound"]
 
-        cache[key] = bound
+        cache[key] = gradients.function(bound, jit_compile, batch_specs=[x_spec, y_spec])
     return cache[key]
 
 
@@ -100,8 +101,8 @@ def log_likelihood(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be None or a positive integer, got {batch_size!r}.")
-    x = np.asarray(x) if not isinstance(x, tf.Tensor) else x
-    y = x if y is None else (np.asarray(y) if not isinstance(y, tf.Tensor) else y)
+    x = x if ops.is_tensor(x) else np.asarray(x)
+    y = x if y is None else (y if ops.is_tensor(y) else np.asarray(y))
     n = int(x.shape[0])
     if int(y.shape[0]) != n:
         raise ValueError(
@@ -112,7 +113,7 @@ def log_likelihood(
 
     bound = _bound_function(model, num_samples, jit_compile, _spec(x), _spec(y))
     results = [
-        bound(x[start : start + batch_size], y[start : start + batch_size]).numpy()
+        ops.convert_to_numpy(bound(x[start : start + batch_size], y[start : start + batch_size]))
         for start in range(0, n, batch_size)
     ]
     return np.concatenate(results) if results else np.zeros([0], np.float32)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
-tfd = tfp.distributions
+from keras_vi.backend import distributions as tfd
 
 LIKELIHOODS = ("bernoulli", "normal", "categorical", "poisson")
 
@@ -31,18 +31,38 @@ def _shape_error(likelihood, y_pred, y, expected) -> ValueError:
     )
 
 
+def _static_shape(shape) -> tuple | None:
+    """A static shape (a TensorShape or a tuple) as a tuple, None when its rank is unknown."""
+    try:
+        return tuple(shape)
+    except ValueError:
+        return None
+
+
+def _rank(x) -> int | None:
+    shape = _static_shape(x.shape)
+    return None if shape is None else len(shape)
+
+
+def _compatible(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(i is None or j is None or i == j for i, j in zip(a, b))
+
+
+def _is_string(x) -> bool:
+    return keras.backend.standardize_dtype(x.dtype) == "string"
+
+
 def _same_shape(likelihood, y_pred, y):
-    if y.shape.rank is not None and y_pred.shape.rank is not None:
-        if y.shape.rank != y_pred.shape.rank or not y.shape[1:].is_compatible_with(
-            y_pred.shape[1:]
-        ):
+    y_shape, out_shape = _static_shape(y.shape), _static_shape(y_pred.shape)
+    if y_shape is not None and out_shape is not None:
+        if len(y_shape) != len(out_shape) or not _compatible(y_shape[1:], out_shape[1:]):
             raise _shape_error(likelihood, y_pred, y, tuple(y_pred.shape))
 
 
 def _float_target(y, likelihood):
-    if y.dtype == tf.string:
+    if _is_string(y):
         raise ValueError(f"likelihood={likelihood!r}: the target must be numeric, got strings.")
-    return tf.cast(y, tf.float32)
+    return ops.cast(y, "float32")
 
 
 def call_likelihood(likelihood, y_pred) -> tfd.Distribution:
@@ -55,41 +75,44 @@ def call_likelihood(likelihood, y_pred) -> tfd.Distribution:
     return dist
 
 
-def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, tf.Tensor]:
+def distribution(likelihood, y_pred, y) -> tuple[tfd.Distribution, Any]:
     """Returns (distribution over the target, the target cast for its log_prob)."""
-    y = tf.convert_to_tensor(y)
+    y = ops.convert_to_tensor(y)
     if callable(likelihood):
         dist = call_likelihood(likelihood, y_pred)
-        return dist, tf.cast(y, dist.dtype)
-    y_pred = tf.cast(y_pred, tf.float32)
+        return dist, ops.cast(y, dist.dtype)
+    y_pred = ops.cast(y_pred, "float32")
     if likelihood == "bernoulli":
         _same_shape(likelihood, y_pred, y)
-        return tfd.Bernoulli(logits=y_pred, dtype=tf.float32), _float_target(y, likelihood)
+        return tfd.Bernoulli(logits=y_pred, dtype="float32"), _float_target(y, likelihood)
     if likelihood == "poisson":
         _same_shape(likelihood, y_pred, y)
         return tfd.Poisson(log_rate=y_pred), _float_target(y, likelihood)
     if likelihood == "normal":
         y = _float_target(y, likelihood)
-        if y.shape.rank == y_pred.shape.rank and y.shape[-1] is not None:
+        rank = _rank(y)
+        if rank is not None and rank == _rank(y_pred) and rank > 0 and y.shape[-1] is not None:
             width, out = y.shape[-1], y_pred.shape[-1]
             if out == 2 * width and width != out:
-                loc, raw_scale = tf.split(y_pred, 2, axis=-1)
+                loc, raw_scale = ops.split(y_pred, 2, axis=-1)
                 _same_shape(likelihood, loc, y)
-                return tfd.Normal(loc, tf.nn.softplus(raw_scale) + 1e-5), y
+                return tfd.Normal(loc, ops.softplus(raw_scale) + 1e-5), y
         _same_shape(likelihood, y_pred, y)
         return tfd.Normal(y_pred, 1.0), y
     if likelihood == "categorical":
-        same_rank = y.shape.rank is not None and y.shape.rank == y_pred.shape.rank
+        rank, out_rank = _rank(y), _rank(y_pred)
+        same_rank = rank is not None and rank == out_rank
         if same_rank and y.shape[-1] == 1 and y_pred.shape[-1] != 1:
-            y = tf.squeeze(y, -1)  # class ids with a trailing axis of 1
+            y = ops.squeeze(y, -1)  # class ids with a trailing axis of 1
+            rank -= 1
         elif same_rank:
             _same_shape(likelihood, y_pred, y)  # one-hot targets
-            one_hot = tfd.OneHotCategorical(logits=y_pred, dtype=tf.float32)
+            one_hot = tfd.OneHotCategorical(logits=y_pred, dtype="float32")
             return one_hot, _float_target(y, likelihood)
-        if y.shape.rank is not None and y.shape.rank != y_pred.shape.rank - 1:
+        if rank is not None and rank != out_rank - 1:
             raise _shape_error(likelihood, y_pred, y, f"{tuple(y_pred.shape[:-1])} (class ids)")
-        if y.dtype.is_floating:
-            y = tf.cast(y, tf.int32)
+        if "float" in keras.backend.standardize_dtype(y.dtype):
+            y = ops.cast(y, "int32")
         return tfd.Categorical(logits=y_pred), y
     raise ValueError(f"Unknown `likelihood` {likelihood!r}.")
 
@@ -111,29 +134,30 @@ def _check_per_example(likelihood, dist, lp, y, rows) -> None:
         f"likelihood={name!r}: the log-probability of the target (shape {tuple(y.shape)}) under "
         f"{type(dist).__name__}(batch_shape={batch_shape}, event_shape={dist.event_shape})"
     )
-    if lp.shape.rank is None or batch_shape.rank is None:
+    lp_shape, batch = _static_shape(lp.shape), _static_shape(batch_shape)
+    if lp_shape is None or batch is None:
         return
-    if lp.shape.rank == 0 or batch_shape.rank == 0:
+    if not lp_shape or not batch:
         raise ValueError(
             f"{where} is a single number, expected one value per example ({rows} rows). The "
             "distribution must keep the batch axis as a batch dimension: do not reinterpret it "
             "as an event axis (e.g. tfd.Independent(..., reinterpreted_batch_ndims) must leave "
             "the first axis out)."
         )
-    broadcast = lp.shape.rank != batch_shape.rank or any(
-        b is not None and d != b for d, b in zip(lp.shape, batch_shape)
+    broadcast = len(lp_shape) != len(batch) or any(
+        b is not None and d != b for d, b in zip(lp_shape, batch)
     )
     if broadcast:
         raise ValueError(
-            f"{where} has shape {tuple(lp.shape)}: the target broadcast against the model "
+            f"{where} has shape {lp_shape}: the target broadcast against the model "
             f"output instead of matching it. Give the target the output's batch shape "
-            f"{tuple(batch_shape)} (e.g. y.reshape(-1, 1) for an output of width 1)."
+            f"{batch} (e.g. y.reshape(-1, 1) for an output of width 1)."
         )
-    if rows is not None and lp.shape[0] is not None and lp.shape[0] != rows:
-        raise ValueError(f"{where} has {lp.shape[0]} rows, expected one per example ({rows}).")
+    if rows is not None and lp_shape[0] is not None and lp_shape[0] != rows:
+        raise ValueError(f"{where} has {lp_shape[0]} rows, expected one per example ({rows}).")
 
 
-def log_prob(likelihood, y_pred, y) -> tf.Tensor:
+def log_prob(likelihood, y_pred, y) -> Any:
     """Per-example log-likelihood, summed over every axis but the first.
 
     Raises a ValueError when the target does not give exactly one value per example (see
@@ -141,15 +165,20 @@ def log_prob(likelihood, y_pred, y) -> tf.Tensor:
     """
     dist, target = distribution(likelihood, y_pred, y)
     lp = dist.log_prob(target)
-    first = tf.nest.flatten(y_pred)[0]
-    rows = first.shape[0] if first.shape.rank else None
+    first = _static_shape(tree.flatten(y_pred)[0].shape)
+    rows = first[0] if first else None
     _check_per_example(likelihood, dist, lp, target, rows)
-    if lp.shape.rank is not None and lp.shape.rank > 1:
-        lp = tf.reduce_sum(lp, axis=list(range(1, lp.shape.rank)))
-    return lp
+    return _sum_but_first(lp)
 
 
-def support(likelihood, y_pred_shape, y) -> tuple[tf.Tensor, str] | None:
+def _sum_but_first(values):
+    rank = _rank(values)
+    if rank is not None and rank > 1:
+        values = ops.sum(values, axis=tuple(range(1, rank)))
+    return values
+
+
+def support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
     """Which rows of the target lie in the likelihood's support, where that is cheap and certain.
 
     Args:
@@ -163,14 +192,15 @@ def support(likelihood, y_pred_shape, y) -> tuple[tf.Tensor, str] | None:
     """
     if not isinstance(likelihood, str) or likelihood == "normal":
         return None
-    y = tf.convert_to_tensor(y)
-    if y.dtype == tf.string or y.shape.rank is None or y.shape.rank == 0:
+    y = ops.convert_to_tensor(y)
+    y_rank = _rank(y)
+    if _is_string(y) or not y_rank:
         return None
-    y = tf.cast(y, tf.float32)
-    flat = tf.reshape(y, [tf.shape(y)[0], -1])
+    y = ops.cast(y, "float32")
+    flat = ops.reshape(y, (ops.shape(y)[0], -1))
     # NaN/Inf are the non-finite checks' business (a skipped step naming the likelihood).
-    nonfinite = tf.logical_not(tf.math.is_finite(flat))
-    integer = tf.equal(flat, tf.round(flat))
+    nonfinite = ops.logical_not(ops.isfinite(flat))
+    integer = ops.equal(flat, ops.round(flat))
     if likelihood == "bernoulli":
         ok, expected = (flat >= 0.0) & (flat <= 1.0), "values in [0, 1]"
     elif likelihood == "poisson":
@@ -178,9 +208,7 @@ def support(likelihood, y_pred_shape, y) -> tuple[tf.Tensor, str] | None:
     else:
         rank = len(y_pred_shape)
         classes = y_pred_shape[-1]
-        ids = y.shape.rank == rank - 1 or (
-            y.shape.rank == rank and y.shape[-1] == 1 and classes != 1
-        )
+        ids = y_rank == rank - 1 or (y_rank == rank and y.shape[-1] == 1 and classes != 1)
         if ids:
             ok = (flat >= 0.0) & integer
             expected = "integer class ids >= 0"
@@ -188,19 +216,16 @@ def support(likelihood, y_pred_shape, y) -> tuple[tf.Tensor, str] | None:
                 ok &= flat < float(classes)
                 expected = f"integer class ids in [0, {classes - 1}]"
         else:
-            in_range = tf.reduce_all((y >= 0.0) & (y <= 1.0), axis=-1)
-            sums_to_one = tf.abs(tf.reduce_sum(y, axis=-1) - 1.0) < 1e-3
-            ok = tf.reshape(in_range & sums_to_one, [tf.shape(y)[0], -1])
+            in_range = ops.all((y >= 0.0) & (y <= 1.0), axis=-1)
+            sums_to_one = ops.abs(ops.sum(y, axis=-1) - 1.0) < 1e-3
+            ok = ops.reshape(in_range & sums_to_one, (ops.shape(y)[0], -1))
             expected = "one-hot rows (values in [0, 1] summing to 1)"
-            nonfinite = tf.reduce_any(nonfinite, axis=1, keepdims=True)
-    return tf.reduce_all(ok | nonfinite, axis=1), expected
+            nonfinite = ops.any(nonfinite, axis=1, keepdims=True)
+    return ops.all(ok | nonfinite, axis=1), expected
 
 
-def keras_loss_nll(loss, y_pred, y) -> tf.Tensor:
+def keras_loss_nll(loss, y_pred, y) -> Any:
     """Per-example negative log-likelihood from a compiled Keras loss (summed over axes > 0)."""
     fn = keras.losses.get(loss) if not isinstance(loss, keras.losses.Loss) else loss
     per_example = fn.call(y, y_pred) if isinstance(fn, keras.losses.Loss) else fn(y, y_pred)
-    per_example = tf.cast(per_example, tf.float32)
-    if per_example.shape.rank is not None and per_example.shape.rank > 1:
-        per_example = tf.reduce_sum(per_example, axis=list(range(1, per_example.shape.rank)))
-    return per_example
+    return _sum_but_first(ops.cast(per_example, "float32"))

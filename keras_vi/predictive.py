@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
+from keras_vi import _checks
+from keras_vi.backend import data as backend_data
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import gradients
 from keras_vi.layers.bayesian import kl_disabled
-
-tfd = tfp.distributions
 
 __all__ = ["predict_samples", "predictive_mean_std"]
 
@@ -23,15 +24,13 @@ _SAMPLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_num_samples(num_samples: Any) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
-    return num_samples
+    return _checks.positive_int(num_samples, "num_samples")
 
 
 def _sampler(model, num_samples: int, training: bool):
     """A traced function x -> outputs of shape [K, batch, ...], cached per model.
 
-    The K samples come from K forward passes in a `tf.while_loop`, not from one pass over
+    The K samples come from K forward passes in a loop (`ops.scan`), not from one pass over
     K tiled copies: a Flipout layer draws one weight perturbation per call (rows differ
     only by random signs), so copies in one call are uncorrelated but not independent, and
     their spread would be a poor estimate of the predictive spread.
@@ -40,39 +39,41 @@ def _sampler(model, num_samples: int, training: bool):
     key = (num_samples, training)
     if key not in cache:
 
-        @tf.function(reduce_retracing=True)
         def run(x):
             with kl_disabled():
+                # The first pass runs outside the loop: it gives the loop its structure, and
+                # builds an unbuilt model outside it.
                 first = model(x, training=training)
-                arrays = [
-                    tf.TensorArray(t.dtype, size=num_samples, element_shape=t.shape).write(0, t)
-                    for t in tf.nest.flatten(first)
-                ]
-                for i in tf.range(1, num_samples):
-                    outputs = tf.nest.flatten(model(x, training=training))
-                    arrays = [a.write(i, t) for a, t in zip(arrays, outputs)]
-            return tf.nest.pack_sequence_as(first, [a.stack() for a in arrays])
+                if num_samples == 1:
+                    return tree.map_structure(lambda t: ops.expand_dims(t, 0), first)
 
-        cache[key] = run
+                def step(previous, _):
+                    outputs = model(x, training=training)
+                    return outputs, outputs
+
+                _, rest = ops.scan(step, first, length=num_samples - 1)
+            return tree.map_structure(
+                lambda t, r: ops.concatenate([ops.expand_dims(t, 0), r], axis=0), first, rest
+            )
+
+        cache[key] = gradients.function(run, reduce_retracing=True)
     return cache[key]
 
 
 def _batches(x, batch_size: int | None):
-    if isinstance(x, tf.data.Dataset):
+    if backend_data.is_dataset(x):
         for element in x:
             if isinstance(element, tuple) and len(element) in (2, 3):
                 element = element[0]  # (x, y) or (x, y, sample_weight)
             yield element
         return
-    leaves = tf.nest.flatten(x)
+    leaves = tree.flatten(x)
     if not leaves:
         raise ValueError("`x` must contain at least one array.")
     n = int(np.shape(leaves[0])[0])
     batch_size = batch_size or _DEFAULT_BATCH
     for start in range(0, n, batch_size):
-        yield tf.nest.map_structure(
-            lambda a, s=start: tf.convert_to_tensor(a[s : s + batch_size]), x
-        )
+        yield tree.map_structure(lambda a, s=start: ops.convert_to_tensor(a[s : s + batch_size]), x)
 
 
 def predict_samples(
@@ -85,7 +86,7 @@ def predict_samples(
 ) -> Any:
     """Draws `num_samples` predictions per example from a model with stochastic layers.
 
-    Runs `num_samples` forward passes (inside one traced `tf.while_loop`), so every sample
+    Runs `num_samples` forward passes (inside one traced loop), so every sample
     has fresh weight noise in every Bayesian layer and fresh z in every `Latent` layer.
     Bayesian layers sample their weights whatever `training` is and skip their KL here.
     Within one pass, a weight-sampling layer (`DenseReparameterization`, ...) uses the same
@@ -95,8 +96,8 @@ def predict_samples(
 
     Args:
         model: a Keras model (a `kvi.VariationalModel` or a plain `keras.Model`).
-        x: inputs: an array, a tensor, a nest of them, or a `tf.data.Dataset` of batches
-            (of `x` or of `(x, y)` tuples).
+        x: inputs: an array, a tensor, a nest of them, or a dataset of batches (of `x` or
+            of `(x, y)` tuples).
         num_samples: predictions per example (>= 1).
         batch_size: examples per chunk (each chunk runs `num_samples` passes); default 512.
         training: passed to the model (True also samples e.g. dropout masks: MC dropout).
@@ -119,16 +120,16 @@ def predict_samples(
             )
     run = _sampler(model, num_samples, bool(training))
     chunks = [
-        tf.nest.map_structure(lambda t: t.numpy(), run(batch)) for batch in _batches(x, batch_size)
+        tree.map_structure(ops.convert_to_numpy, run(batch)) for batch in _batches(x, batch_size)
     ]
     if not chunks:
         raise ValueError("`x` is empty: no examples to predict.")
-    return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=1), *chunks)
+    return tree.map_structure(lambda *parts: np.concatenate(parts, axis=1), *chunks)
 
 
 def predictive_mean_std(
     samples: np.ndarray,
-    distribution_fn: Callable[[tf.Tensor], tfd.Distribution] | None = None,
+    distribution_fn: Callable[[Any], tfd.Distribution] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of the posterior predictive from stacked samples.
 
@@ -149,7 +150,7 @@ def predictive_mean_std(
     Example:
         >>> samples = kvi.predict_samples(model, x_grid, num_samples=200)  # (200, 50, 2)
         >>> mean, std = kvi.predictive_mean_std(
-        ...     samples, lambda out: tfd.Normal(out[..., :1], tf.nn.softplus(out[..., 1:])))
+        ...     samples, lambda out: tfd.Normal(out[..., :1], keras.ops.softplus(out[..., 1:])))
         >>> mean.shape, std.shape
         ((50, 1), (50, 1))
         >>> bool(np.all(std >= samples[..., :1].std(axis=0)))  # noise adds to the spread
@@ -167,7 +168,7 @@ def predictive_mean_std(
             "`distribution_fn` must be None or a callable outputs -> tfd.Distribution, got "
             f"{type(distribution_fn).__name__}."
         )
-    dist = distribution_fn(tf.convert_to_tensor(samples, tf.float32))
+    dist = distribution_fn(ops.convert_to_tensor(samples, "float32"))
     if not isinstance(dist, tfd.Distribution):
         raise ValueError(
             f"`distribution_fn` must return a tfd.Distribution, got {type(dist).__name__}."

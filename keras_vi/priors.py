@@ -11,10 +11,9 @@ import math
 from typing import Any
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-tfd = tfp.distributions
+from keras_vi.backend import distributions as tfd
 
 __all__ = [
     "Prior",
@@ -29,11 +28,29 @@ __all__ = [
 ]
 
 
-def _event_shape(q: tfd.Distribution) -> tf.TensorShape:
-    shape = q.event_shape
-    if not shape.is_fully_defined():
-        raise ValueError(f"prior: q's event shape {shape} must be fully known to build a prior.")
+def _known_shape(shape) -> tuple[int, ...] | None:
+    """A distribution shape (a TensorShape or a tuple) as a tuple of ints; None if not fully
+    known."""
+    try:
+        dims = tuple(shape)
+    except (TypeError, ValueError):  # unknown rank
+        return None
+    if any(d is None for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def _event_shape(q: tfd.Distribution) -> tuple[int, ...]:
+    shape = _known_shape(q.event_shape)
+    if shape is None:
+        raise ValueError(
+            f"prior: q's event shape {q.event_shape} must be fully known to build a prior."
+        )
     return shape
+
+
+def _dtype(dtype: Any) -> str:
+    return keras.backend.standardize_dtype(dtype)
 
 
 class Prior:
@@ -47,8 +64,8 @@ class Prior:
         >>> @keras.saving.register_keras_serializable(package="my_priors")
         ... class Laplace(kvi.priors.Prior):
         ...     def __call__(self, q):
-        ...         zeros = tf.zeros(q.event_shape, q.dtype)
-        ...         return tfd.Independent(tfd.Laplace(zeros, 1.0), q.event_shape.rank)
+        ...         zeros = keras.ops.zeros(q.event_shape, q.dtype)
+        ...         return tfd.Independent(tfd.Laplace(zeros, 1.0), len(q.event_shape))
         ...     def get_config(self):
         ...         return {}
         >>> latent = kvi.layers.NormalLatent(8, prior=Laplace(), kl="mc")
@@ -62,7 +79,7 @@ class Prior:
         del layer, name
         return self
 
-    def element_distribution(self, dtype: tf.DType = tf.float32) -> tfd.Distribution | None:
+    def element_distribution(self, dtype: Any = "float32") -> tfd.Distribution | None:
         """The scalar distribution of each element when the prior is i.i.d., else None.
 
         Bayesian layers use it to compute a weight KL by broadcasting instead of
@@ -93,11 +110,12 @@ class StandardNormal(Prior):
 
     def __call__(self, q):
         shape = _event_shape(q)
-        zeros = tf.zeros(shape, dtype=q.dtype)
-        return _independent(tfd.Normal(zeros, tf.ones_like(zeros)), len(shape))
+        zeros = ops.zeros(shape, dtype=_dtype(q.dtype))
+        return _independent(tfd.Normal(zeros, ops.ones_like(zeros)), len(shape))
 
-    def element_distribution(self, dtype=tf.float32):
-        return tfd.Normal(tf.constant(0.0, dtype), tf.constant(1.0, dtype))
+    def element_distribution(self, dtype="float32"):
+        dtype = _dtype(dtype)
+        return tfd.Normal(ops.convert_to_tensor(0.0, dtype), ops.convert_to_tensor(1.0, dtype))
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -120,13 +138,15 @@ class Normal(Prior):
 
     def __call__(self, q):
         shape = _event_shape(q)
-        loc = tf.fill(shape, tf.constant(self.loc, q.dtype))
-        return _independent(
-            tfd.Normal(loc, tf.fill(shape, tf.constant(self.scale, q.dtype))), len(shape)
-        )
+        dtype = _dtype(q.dtype)
+        loc = ops.full(shape, self.loc, dtype=dtype)
+        return _independent(tfd.Normal(loc, ops.full(shape, self.scale, dtype=dtype)), len(shape))
 
-    def element_distribution(self, dtype=tf.float32):
-        return tfd.Normal(tf.constant(self.loc, dtype), tf.constant(self.scale, dtype))
+    def element_distribution(self, dtype="float32"):
+        dtype = _dtype(dtype)
+        return tfd.Normal(
+            ops.convert_to_tensor(self.loc, dtype), ops.convert_to_tensor(self.scale, dtype)
+        )
 
     def get_config(self):
         return {"loc": self.loc, "scale": self.scale}
@@ -144,13 +164,15 @@ class Uniform(Prior):
         base = q.distribution if isinstance(q, tfd.Independent) else q
         if isinstance(base, tfd.Bernoulli):
             shape = _event_shape(q)
-            return _independent(tfd.Bernoulli(logits=tf.zeros(shape), dtype=q.dtype), len(shape))
+            logits = ops.zeros(shape, "float32")
+            return _independent(tfd.Bernoulli(logits=logits, dtype=q.dtype), len(shape))
         if isinstance(base, (tfd.OneHotCategorical, tfd.RelaxedOneHotCategorical)):
             shape = _event_shape(q)  # [..., num_classes]
-            logits = tf.zeros(shape)
+            logits = ops.zeros(shape, "float32")
             return _independent(tfd.OneHotCategorical(logits=logits, dtype=q.dtype), len(shape) - 1)
         if isinstance(base, tfd.Categorical):
-            return tfd.Categorical(logits=tf.zeros([base.num_categories]), dtype=q.dtype)
+            num_categories = ops.shape(base.logits_parameter())[-1]
+            return tfd.Categorical(logits=ops.zeros([num_categories], "float32"), dtype=q.dtype)
         raise ValueError(
             "Uniform prior: expected q to be Bernoulli, Categorical or OneHotCategorical "
             f"(optionally Independent), got {type(base).__name__}."
@@ -189,21 +211,23 @@ class MixtureOfGaussians(Prior):
     def __call__(self, q):
         shape = _event_shape(q)
         n = len(self.locs)
-        locs = tf.cast(tf.constant(self.locs), q.dtype)
-        locs = tf.broadcast_to(
-            tf.reshape(locs, [n] + [1] * len(shape) if locs.shape.rank == 1 else [n, *shape]),
+        dtype = _dtype(q.dtype)
+        locs = ops.cast(ops.convert_to_tensor(self.locs, "float32"), dtype)
+        locs = ops.broadcast_to(
+            ops.reshape(locs, [n] + [1] * len(shape) if len(locs.shape) == 1 else [n, *shape]),
             [n, *shape],
         )
-        scales = tf.broadcast_to(
-            tf.reshape(tf.constant(self.scales, q.dtype), [n] + [1] * len(shape)), [n, *shape]
+        scales = ops.broadcast_to(
+            ops.reshape(ops.convert_to_tensor(self.scales, dtype), [n] + [1] * len(shape)),
+            [n, *shape],
         )
         components = _independent(tfd.Normal(locs, scales), len(shape))
         probs = (
-            tf.ones([n]) / n
+            ops.ones([n], "float32") / n
             if self.weights is None
-            else tf.constant(self.weights) / sum(self.weights)
+            else ops.convert_to_tensor(self.weights, "float32") / sum(self.weights)
         )
-        return tfd.MixtureSameFamily(tfd.Categorical(probs=tf.cast(probs, q.dtype)), components)
+        return tfd.MixtureSameFamily(tfd.Categorical(probs=ops.cast(probs, dtype)), components)
 
     def get_config(self):
         return {"locs": self.locs, "scales": self.scales, "weights": self.weights}
@@ -236,9 +260,12 @@ class ScaleMixture(Prior):
     def __call__(self, q):
         return tfd.Sample(self.element_distribution(q.dtype), _event_shape(q))
 
-    def element_distribution(self, dtype=tf.float32):
-        mix = tfd.Categorical(probs=tf.constant([self.pi, 1.0 - self.pi], dtype))
-        comps = tfd.Normal(tf.zeros([2], dtype), tf.constant([self.sigma1, self.sigma2], dtype))
+    def element_distribution(self, dtype="float32"):
+        dtype = _dtype(dtype)
+        mix = tfd.Categorical(probs=ops.convert_to_tensor([self.pi, 1.0 - self.pi], dtype))
+        comps = tfd.Normal(
+            ops.zeros([2], dtype), ops.convert_to_tensor([self.sigma1, self.sigma2], dtype)
+        )
         return tfd.MixtureSameFamily(mix, comps)
 
     def get_config(self):
@@ -322,12 +349,14 @@ class _BoundLearnableNormal:
     def __call__(self, q):
         shape = _event_shape(q)
         element = self.element_distribution(q.dtype)
-        loc = tf.broadcast_to(element.loc, shape)
-        return _independent(tfd.Normal(loc, tf.broadcast_to(element.scale, shape)), len(shape))
+        loc = ops.broadcast_to(element.loc, shape)
+        return _independent(tfd.Normal(loc, ops.broadcast_to(element.scale, shape)), len(shape))
 
-    def element_distribution(self, dtype=tf.float32):
-        loc = tf.cast(tf.convert_to_tensor(self.loc), dtype)
-        return tfd.Normal(loc, tf.cast(tf.nn.softplus(tf.convert_to_tensor(self.raw_scale)), dtype))
+    def element_distribution(self, dtype="float32"):
+        dtype = _dtype(dtype)
+        loc = ops.cast(ops.convert_to_tensor(self.loc), dtype)
+        scale = ops.softplus(ops.convert_to_tensor(self.raw_scale))
+        return tfd.Normal(loc, ops.cast(scale, dtype))
 
 
 class FixedDistribution(Prior):
@@ -339,7 +368,7 @@ class FixedDistribution(Prior):
         distribution: the prior, with the same event shape as the layer's q.
 
     Example:
-        >>> prior = tfd.Independent(tfd.Laplace(tf.zeros(8), 1.0), 1)
+        >>> prior = tfd.Independent(tfd.Laplace(keras.ops.zeros(8), 1.0), 1)
         >>> latent = kvi.layers.NormalLatent(8, prior=prior, kl="mc")
     """
 

@@ -6,33 +6,28 @@ the compiled training step (from `optimizer.iterations`, which checkpoints resto
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+from keras_vi import _checks
 
 __all__ = ["Schedule", "Constant", "Linear", "Cyclical", "Sigmoid", "get"]
 
 
 def _check_finite(value, name, owner, minimum=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}: `{name}` must be a finite number, got {value!r}.")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        rel = ">" if strict else ">="
-        raise ValueError(f"{owner}: `{name}` must be {rel} {minimum}, got {value!r}.")
-    return float(value)
+    return _checks.finite_number(value, name, owner, minimum=minimum, exclusive=strict)
 
 
 def _check_steps(value, name, owner):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
-    return value
+    return _checks.positive_int(value, name, owner)
 
 
 class Schedule:
     """Base class: `schedule(step) -> weight`, for a Python int or an integer tensor.
 
-    Subclasses implement `value(step)` on a float32 tensor with TensorFlow ops, so the
+    Subclasses implement `value(step)` on a float32 tensor with `keras.ops`, so the
     schedule runs inside the compiled training step, and `get_config`.
 
     Example:
@@ -41,7 +36,7 @@ class Schedule:
         ...     def __init__(self, at: int):
         ...         self.at = at
         ...     def value(self, step):
-        ...         return tf.cast(step >= self.at, tf.float32)
+        ...         return keras.ops.cast(step >= self.at, "float32")
         ...     def get_config(self):
         ...         return {"at": self.at}
         >>> [float(Step(500)(step)) for step in (499, 500)]
@@ -52,10 +47,10 @@ class Schedule:
     """
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         return self.value(step)
 
-    def value(self, step: tf.Tensor) -> tf.Tensor:
+    def value(self, step: Any) -> Any:
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -82,7 +77,7 @@ class Constant(Schedule):
         self.constant = _check_finite(value, "value", "Constant", minimum=0.0)
 
     def value(self, step):
-        return tf.fill(tf.shape(step), self.constant)
+        return ops.full_like(step, self.constant)
 
     def get_config(self):
         return {"value": self.constant}
@@ -109,7 +104,7 @@ class Linear(Schedule):
         self.stop = _check_finite(stop, "stop", "Linear", minimum=0.0)
 
     def value(self, step):
-        fraction = tf.clip_by_value(step / self.warmup_steps, 0.0, 1.0)
+        fraction = ops.clip(step / self.warmup_steps, 0.0, 1.0)
         return self.start + (self.stop - self.start) * fraction
 
     def get_config(self):
@@ -156,10 +151,10 @@ class Cyclical(Schedule):
         self.stop = _check_finite(stop, "stop", "Cyclical", minimum=0.0)
 
     def value(self, step):
-        position = tf.math.floormod(step, float(self.cycle_steps)) / self.cycle_steps
-        weight = self.start + (self.stop - self.start) * tf.minimum(position / self.ratio, 1.0)
+        position = ops.mod(step, float(self.cycle_steps)) / self.cycle_steps
+        weight = self.start + (self.stop - self.start) * ops.minimum(position / self.ratio, 1.0)
         if self.num_cycles is not None:
-            weight = tf.where(step >= self.num_cycles * self.cycle_steps, self.stop, weight)
+            weight = ops.where(step >= self.num_cycles * self.cycle_steps, self.stop, weight)
         return weight
 
     def get_config(self):
@@ -192,7 +187,7 @@ class Sigmoid(Schedule):
         self.stop = _check_finite(stop, "stop", "Sigmoid", minimum=0.0)
 
     def value(self, step):
-        return self.stop * tf.sigmoid(self.steepness * (step - self.midpoint))
+        return self.stop * ops.sigmoid(self.steepness * (step - self.midpoint))
 
     def get_config(self):
         return {"midpoint": self.midpoint, "steepness": self.steepness, "stop": self.stop}

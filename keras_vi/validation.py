@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+
+from keras_vi.backend import data as backend_data
 
 
 def _arrays(structure, name):
@@ -16,12 +17,12 @@ def _arrays(structure, name):
     elif isinstance(structure, (list, tuple)):
         for index, value in enumerate(structure):
             yield from _arrays(value, f"{name}[{index}]")
-    elif isinstance(structure, (np.ndarray, tf.Tensor)) or hasattr(structure, "__array__"):
+    elif hasattr(structure, "__array__"):  # NumPy arrays, tensors, pandas objects
         yield name, np.asarray(structure)
 
 
 def is_in_memory(x) -> bool:
-    return any(True for _ in _arrays(x, "x")) and not isinstance(x, tf.data.Dataset)
+    return any(True for _ in _arrays(x, "x")) and not backend_data.is_dataset(x)
 
 
 def check_arrays(x, y, batch_size: int | None) -> None:

@@ -200,6 +200,7 @@ def test_logging_does_not_disturb_training(trained):
     for a, b in zip(reference.variables, logged.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     assert "train_step" not in vars(logged)  # the model's own train_step is back
+    assert not logged._step_hooks  # and the logger's step hook is removed
 
 
 def test_event_files_hold_the_expected_tags(trained):
@@ -313,6 +314,7 @@ def test_logger_works_with_kl_annealing_in_either_order(tmp_path, binary_data):
         callbacks = {"first": [logger, anneal], "last": [anneal, logger], "none": [anneal]}
         model = _train(binary_data[:128], callbacks[order], jit_compile=False)
         assert "train_step" not in vars(model)
+        assert not model._step_hooks
         return model
 
     reference = run("none")

@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from keras_vi import _serialization, diagnostics
+from keras_vi.backend import random as backend_random
 from keras_vi.callbacks import _summary
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -22,23 +24,23 @@ class _Run:
     run: str
     spec: Any
     extra_state: list
-    total_variance: tf.Variable
-    variance: tf.Variable
-    mean_norm: tf.Variable
-    snr: tf.Variable
-    step: tf.Variable
+    total_variance: keras.Variable
+    variance: keras.Variable
+    mean_norm: keras.Variable
+    snr: keras.Variable
+    step: keras.Variable
     written: int = -1  # the last step written, so a result is never written twice
 
 
 @dataclasses.dataclass
 class _Compiled:
-    """The train function with diagnostics built for one model, reused across `fit` calls."""
+    """The step hook built for one model and its train functions, reused across `fit` calls."""
 
     model: Any
-    original: Any  # the model's train function without diagnostics
-    wrapped: Any
-    train_step: Any
+    hook: Any
     runs: list
+    original: Any  # the model's train function without the hook
+    wrapped: Any  # the train function built with the hook
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -66,6 +68,12 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     The work is one extra forward and backward pass per estimate, on logged steps only.
     With `steps_per_execution` above `every_n_steps`, only the last logged step of each
     execution is written.
+
+    The estimates run in a step hook (`kvi.VariationalModel.add_step_hook`) registered for
+    the duration of `fit`. The train functions with and without the hook are kept, so later
+    `fit` calls with the same logger and model do not trace the step again; after `fit` the
+    model has its own train function and no hook. (A `fit` stopped by an exception leaves
+    the hook registered until this logger's next `fit`.)
 
     Args:
         log_dir: the TensorBoard log directory (share it with `keras.callbacks.TensorBoard`).
@@ -117,6 +125,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self.seed = diagnostics.check_seed(seed, owner)
         self._writers = _summary.Writers(self.log_dir)
         self._compiled = None
+        self._attached = None  # the model whose step hook is registered, during `fit`
         self._pending = False
 
     # ------------------------------------------------------------------ set-up
@@ -133,27 +142,26 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                     run=run,
                     spec=spec,
                     extra_state=diagnostics.prepare_estimators(model, spec),
-                    total_variance=tf.Variable(0.0, trainable=False),
-                    variance=tf.Variable(tf.zeros([n]), trainable=False),
-                    mean_norm=tf.Variable(0.0, trainable=False),
-                    snr=tf.Variable(0.0, trainable=False),
-                    step=tf.Variable(-1, dtype=tf.int64, trainable=False),
+                    total_variance=_variable(0.0),
+                    variance=_variable(np.zeros([n], "float32")),
+                    mean_norm=_variable(0.0),
+                    snr=_variable(0.0),
+                    step=_variable(-1, "int64"),
                 )
             )
         return runs
 
-    def _make_train_step(self, model, runs):
-        """The model's train_step, preceded on logged steps by the gradient estimates."""
-        train_step = model.train_step
+    def _make_hook(self, model, runs):
+        """The step hook: on logged steps, the gradient estimates on the step's batch."""
         every, num_estimates = self.every_n_steps, self.num_estimates
-        base_seed = tf.constant([self.seed, 0], dtype=tf.int32)
+        base_seed = backend_random.draw_seed(self.seed)
 
         def log_step(x, y, step):
             kl_weight = None
             schedule = getattr(model, "_kl_schedule", None)
-            if schedule is not None:  # what train_step is about to assign for this step
-                kl_weight = tf.cast(schedule(step), tf.float32)
-            seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+            if schedule is not None:  # what the step is about to assign for this step
+                kl_weight = ops.cast(schedule(step), "float32")
+            seed = backend_random.fold_in(base_seed, step)
             for run in runs:  # the same seed for every run: common random numbers
                 with diagnostics.estimator_override(model, run.spec):
                     out = diagnostics.gradient_moments(
@@ -170,27 +178,20 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 run.mean_norm.assign(out["mean_norm"])
                 run.snr.assign(out["snr"])
                 run.step.assign(step)
-            return tf.constant(0)
+            return ops.convert_to_tensor(0, "int32")
 
-        def step_with_diagnostics(data):
-            x, y = model._unpack(data)
-            step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations), tf.int64)
-            tf.cond(
-                tf.equal(step % every, 0),
+        def hook(x, y, step):
+            step = ops.cast(step, "int64")
+            ops.cond(
+                ops.equal(step % every, 0),
                 lambda: log_step(x, y, step),
-                lambda: tf.constant(0),
+                lambda: ops.convert_to_tensor(0, "int32"),
             )
-            return train_step(data)
 
-        return step_with_diagnostics
+        return hook
 
-    def on_train_begin(self, logs=None):
-        model = self.model
-        diagnostics.check_variational(model, "GradientVarianceLogger")
-        if model.distribute_strategy.num_replicas_in_sync > 1:
-            raise ValueError("GradientVarianceLogger supports single-replica training only.")
-        if not model.trainable_variables:
-            raise ValueError("GradientVarianceLogger: the model has no trainable variables.")
+    def _attach(self, model) -> None:
+        """Registers the step hook and installs the train function built with it."""
         if model.train_function is None:
             model.make_train_function()
         cached = self._compiled
@@ -199,19 +200,43 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             or cached.model is not model
             or cached.original is not model.train_function
         ):
+            # The model was recompiled, its train function rebuilt, or it is another model.
             runs = self._make_runs(model)
-            step_fn = self._make_train_step(model, runs)
+            hook = self._make_hook(model, runs)
             original = model.train_function
-            model.train_step = step_fn
-            model.make_train_function(force=True)
-            cached = self._compiled = _Compiled(
-                model, original, model.train_function, step_fn, runs
-            )
+            model.add_step_hook(hook)
+            model.make_train_function()
+            cached = self._compiled = _Compiled(model, hook, runs, original, model.train_function)
         else:
-            model.train_step = cached.train_step
+            model.add_step_hook(cached.hook)
             model.train_function = cached.wrapped
-        # While training, `model.train_step` stays shadowed, so a train function rebuilt by
-        # another callback (e.g. KLAnnealing) still carries the diagnostics.
+        self._attached = model
+
+    def _detach(self) -> None:
+        """Removes the step hook and puts back the train function built without it."""
+        model, cached, self._attached = self._attached, self._compiled, None
+        if model is None or cached is None:
+            return
+        current = model.train_function
+        try:
+            model.remove_step_hook(cached.hook)
+        except ValueError:  # already removed by someone else
+            return
+        if current is cached.wrapped:
+            model.train_function = cached.original
+        else:  # rebuilt by another callback while the hook was registered
+            model.make_train_function()
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        diagnostics.check_variational(model, "GradientVarianceLogger")
+        if model.distribute_strategy.num_replicas_in_sync > 1:
+            raise ValueError("GradientVarianceLogger supports single-replica training only.")
+        if not model.trainable_variables:
+            raise ValueError("GradientVarianceLogger: the model has no trainable variables.")
+        if self._attached is not None:  # a previous fit stopped by an error
+            self._detach()
+        self._attach(model)
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self._step = _summary.global_step(model)
         self._next_log = -(-self._step // self.every_n_steps) * self.every_n_steps
@@ -233,16 +258,18 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self._pending = False
         names = diagnostics.variable_names(self.model.trainable_variables)
         for run in self._compiled.runs:
-            step = int(run.step.numpy())
+            step = int(ops.convert_to_numpy(run.step))
             if step == run.written:
                 continue
             run.written = step
-            with self._writers[run.run].as_default(step=step):
-                tf.summary.scalar("gradients/total_variance", run.total_variance)
-                tf.summary.scalar("gradients/mean_norm", run.mean_norm)
-                tf.summary.scalar("gradients/snr", run.snr)
-                for name, value in zip(names, tf.unstack(run.variance)):
-                    tf.summary.scalar(f"gradient_variance/{name}", value)
+            values = {
+                "gradients/total_variance": ops.convert_to_numpy(run.total_variance),
+                "gradients/mean_norm": ops.convert_to_numpy(run.mean_norm),
+                "gradients/snr": ops.convert_to_numpy(run.snr),
+            }
+            for name, value in zip(names, ops.convert_to_numpy(run.variance)):
+                values[f"gradient_variance/{name}"] = value
+            _summary.scalars(self._writers[run.run], values, step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._pending:
@@ -252,13 +279,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._pending:
             self._write()
-        model, cached = self.model, self._compiled
-        if cached is not None and vars(model).get("train_step") is cached.train_step:
-            del model.train_step
-            if model.train_function is cached.wrapped:
-                model.train_function = cached.original
-            else:  # rebuilt by another callback while the diagnostics were in place
-                model.make_train_function(force=True)
+        self._detach()
         self._writers.close()
 
     def get_config(self):
@@ -287,3 +308,7 @@ def _serialize_estimator(name: str, estimator):
     if isinstance(estimator, str):
         return estimator
     return _serialization.serialize(estimator, f"estimators[{name!r}]", "GradientVarianceLogger")
+
+
+def _variable(value, dtype: str = "float32") -> keras.Variable:
+    return keras.Variable(value, dtype=dtype, trainable=False)

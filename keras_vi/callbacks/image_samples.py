@@ -7,9 +7,10 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops, tree
 
 from keras_vi import _scope, diagnostics
+from keras_vi.backend import random as backend_random
 from keras_vi.callbacks import _summary
 
 
@@ -113,8 +114,8 @@ class ImageSamples(keras.callbacks.Callback):
         x, y = next(diagnostics.iterate_batches(data, self.num_images, owner), (None, None))
         if x is None:
             raise ValueError(f"{owner}: `data` is empty.")
-        take = lambda a: tf.convert_to_tensor(a)[: self.num_images]  # noqa: E731
-        self._x, self._y = tf.nest.map_structure(take, x), tf.nest.map_structure(take, y)
+        take = lambda a: ops.convert_to_tensor(a)[: self.num_images]  # noqa: E731
+        self._x, self._y = tree.map_structure(take, x), tree.map_structure(take, y)
         self._writers = _summary.Writers(self.log_dir)
         self._decoder = None
 
@@ -144,7 +145,7 @@ class ImageSamples(keras.callbacks.Callback):
             ) from err
 
     def _images(self, values) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float32)
+        values = np.asarray(ops.convert_to_numpy(values), dtype=np.float32)
         shape = _image_shape(values.shape[1:], self.image_shape)
         return np.clip(values.reshape((-1, *shape)), 0.0, 1.0)
 
@@ -153,7 +154,7 @@ class ImageSamples(keras.callbacks.Callback):
             return
         model = self.model
         step = _summary.global_step(model)
-        seed = tf.random.experimental.stateless_fold_in([self.seed, 2], step)
+        seed = backend_random.fold_in(ops.convert_to_tensor([self.seed, 2], "int32"), step)
         scope = _scope.StepScope(
             objective=getattr(model, "objective", "elbo"),
             num_samples=getattr(model, "num_samples", 1),
@@ -165,30 +166,32 @@ class ImageSamples(keras.callbacks.Callback):
             prior_samples = None
             if self._decoder is not None:
                 prior = next(r.prior for r in scope.latents if r.prior is not None)
-                rows = len(reconstructions)
+                rows = ops.shape(reconstructions)[0]
                 z = prior.sample(
-                    [] if prior.batch_shape.rank else [rows],
-                    seed=tf.random.experimental.stateless_fold_in(seed, 1),
+                    [] if len(prior.batch_shape) else [rows],
+                    seed=backend_random.fold_in(seed, 1),
                 )
                 inputs = getattr(self._decoder, "inputs", None)
                 if inputs:  # a Keras decoder: match its input (e.g. flattened categoricals)
-                    z = tf.reshape(z, [rows, *inputs[0].shape[1:]])
+                    z = ops.reshape(z, (rows, *inputs[0].shape[1:]))
                 decoded = self._decoder(z)
                 prior_samples = diagnostics.output_mean(model, decoded, self._y)
         targets = self._images(self._y)
-        with self._writers[_summary.VALIDATION].as_default(step=step):
-            tf.summary.image(
-                "images/reconstructions",
-                _grid([targets, self._images(reconstructions)]),
-                max_outputs=1,
-            )
-            if prior_samples is not None:
-                samples = self._images(prior_samples)
-                columns = math.ceil(math.sqrt(len(samples)))
-                padded = np.ones((-(-len(samples) // columns) * columns, *samples.shape[1:]))
-                padded[: len(samples)] = samples
-                rows = list(padded.reshape((-1, columns, *samples.shape[1:])))
-                tf.summary.image("images/prior_samples", _grid(rows), max_outputs=1)
+        writer = self._writers[_summary.VALIDATION]
+        _summary.image(
+            writer,
+            "images/reconstructions",
+            _grid([targets, self._images(reconstructions)]),
+            step,
+            max_outputs=1,
+        )
+        if prior_samples is not None:
+            samples = self._images(prior_samples)
+            columns = math.ceil(math.sqrt(len(samples)))
+            padded = np.ones((-(-len(samples) // columns) * columns, *samples.shape[1:]))
+            padded[: len(samples)] = samples
+            rows = list(padded.reshape((-1, columns, *samples.shape[1:])))
+            _summary.image(writer, "images/prior_samples", _grid(rows), step, max_outputs=1)
         self._writers.flush()
 
     def on_train_end(self, logs=None):

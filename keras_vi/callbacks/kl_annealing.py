@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from keras import ops
 
 from keras_vi import _serialization, schedules
 
@@ -25,7 +26,7 @@ class KLAnnealing(keras.callbacks.Callback):
     Example:
         >>> anneal = kvi.callbacks.KLAnnealing(kvi.schedules.Linear(warmup_steps=2000))
         >>> history = vae.fit(x_train, epochs=1, batch_size=32, verbose=0, callbacks=[anneal])
-        >>> round(float(vae.kl_weight.numpy()), 6)  # 2 steps: the weight of step 1, 1 / 2000
+        >>> round(float(keras.ops.convert_to_numpy(vae.kl_weight)), 6)  # step 1: 1 / 2000
         0.0005
     """
 
@@ -49,7 +50,7 @@ class KLAnnealing(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if not self._in_graph:
-            step = int(self.model.optimizer.iterations.numpy())
+            step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
             value = float(self.schedule(step))
             if not value >= 0:
                 raise ValueError(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from keras_vi import diagnostics
+from keras_vi import _checks, diagnostics
+from keras_vi.backend import random as backend_random
 from keras_vi.callbacks import _summary
 
 
@@ -63,9 +64,7 @@ class LatentDiagnostics(keras.callbacks.Callback):
             )
         self.validation_data = validation_data
         self.batch_size = diagnostics.check_int(batch_size, "batch_size", owner)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-            raise ValueError(f"{owner}: `threshold` must be a number >= 0, got {threshold!r}.")
-        self.threshold = float(threshold)
+        self.threshold = _checks.finite_number(threshold, "threshold", owner, minimum=0)
         self.seed = diagnostics.check_seed(seed, owner)
         self._writers = _summary.Writers(self.log_dir)
         self._probe = None
@@ -82,20 +81,21 @@ class LatentDiagnostics(keras.callbacks.Callback):
             self.validation_data,
             batch_size=self.batch_size,
             threshold=self.threshold,
-            seed=tf.random.experimental.stateless_fold_in([self.seed, 1], step),
+            seed=backend_random.fold_in(ops.convert_to_tensor([self.seed, 1], "int32"), step),
             owner="LatentDiagnostics",
         )
-        with self._writers[_summary.VALIDATION].as_default(step=step):
-            for name, stat in stats.items():
-                tf.summary.scalar(f"latents/{name}/active_units", stat.active_units)
-                if stat.kl is not None:
-                    tf.summary.scalar(f"latents/{name}/kl", stat.kl)
-                if stat.kl_per_dim is not None:
-                    width = len(str(len(stat.kl_per_dim) - 1))
-                    for d, value in enumerate(stat.kl_per_dim):
-                        tf.summary.scalar(f"latent_kl/{name}/dim_{d:0{width}d}", value)
-                if stat.scales is not None:
-                    tf.summary.histogram(f"latents/{name}/posterior_scale", stat.scales)
+        writer = self._writers[_summary.VALIDATION]
+        for name, stat in stats.items():
+            values = {f"latents/{name}/active_units": stat.active_units}
+            if stat.kl is not None:
+                values[f"latents/{name}/kl"] = stat.kl
+            if stat.kl_per_dim is not None:
+                width = len(str(len(stat.kl_per_dim) - 1))
+                for d, value in enumerate(stat.kl_per_dim):
+                    values[f"latent_kl/{name}/dim_{d:0{width}d}"] = value
+            _summary.scalars(writer, values, step)
+            if stat.scales is not None:
+                _summary.histogram(writer, f"latents/{name}/posterior_scale", stat.scales, step)
         self._writers.flush()
 
     def on_train_end(self, logs=None):

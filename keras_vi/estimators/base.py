@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops, tree
 
 from keras_vi import _scope
-
-tfd = tfp.distributions
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import random as backend_random
 
 
 def checks_training_setup() -> bool:
@@ -42,7 +41,7 @@ def is_joint(q: tfd.Distribution) -> bool:
         >>> kvi.estimators.is_joint(tfd.JointDistributionNamed({"a": tfd.Normal(0.0, 1.0)}))
         True
     """
-    return tf.nest.is_nested(q.dtype)
+    return tree.is_nested(q.dtype)
 
 
 def is_reparameterized(q: tfd.Distribution) -> bool:
@@ -54,20 +53,20 @@ def is_reparameterized(q: tfd.Distribution) -> bool:
         False
     """
     return all(
-        part == tfd.FULLY_REPARAMETERIZED for part in tf.nest.flatten(q.reparameterization_type)
+        part == tfd.FULLY_REPARAMETERIZED for part in tree.flatten(q.reparameterization_type)
     )
 
 
 def stop_gradient_nested(z: Any) -> Any:
-    """`tf.stop_gradient` of a sample, part by part when it is a structure (a joint q's).
+    """`stop_gradient` of a sample, part by part when it is a structure (a joint q's).
 
-    `tf.stop_gradient` itself would pack a list of parts into one tensor (or fail when the
+    `ops.stop_gradient` itself would pack a list of parts into one tensor (or fail when the
     parts differ in shape), and `q.log_prob` needs the structure.
     """
-    return tf.nest.map_structure(tf.stop_gradient, z)
+    return tree.map_structure(ops.stop_gradient, z)
 
 
-def path_only_log_prob(q: tfd.Distribution, z: Any) -> tf.Tensor:
+def path_only_log_prob(q: tfd.Distribution, z: Any) -> Any:
     """log q(z) whose gradient flows through z only, not through q's parameters.
 
     Written as log q(z) - (log q(stop z) - stop(log q(stop z))): same value, and the second
@@ -75,7 +74,7 @@ def path_only_log_prob(q: tfd.Distribution, z: Any) -> tf.Tensor:
     distributions (z a structure of parts) included.
     """
     direct = q.log_prob(stop_gradient_nested(z))
-    return q.log_prob(z) - (direct - tf.stop_gradient(direct))
+    return q.log_prob(z) - (direct - ops.stop_gradient(direct))
 
 
 class Estimator:
@@ -143,15 +142,17 @@ class Estimator:
         if strict and self.baseline is not None:
             self.baseline.validate(num_samples=num_samples, objective=objective)
 
-    def sample(self, q: tfd.Distribution, seed: tf.Tensor, sample_shape=()) -> Any:
+    def sample(self, q: tfd.Distribution, seed: Any, sample_shape=()) -> Any:
         """z ~ q: a tensor, or for a joint q a structure of parts (list, dict, tuple)."""
-        z = q.sample(sample_shape, seed=seed)
+        z = _normal_sample(q, seed, sample_shape)
+        if z is None:
+            z = q.sample(sample_shape, seed=seed)
         return z if self.pathwise else stop_gradient_nested(z)
 
-    def log_prob(self, q: tfd.Distribution, z: Any) -> tf.Tensor:
+    def log_prob(self, q: tfd.Distribution, z: Any) -> Any:
         return q.log_prob(z)
 
-    def surrogate(self, record, signals) -> tf.Tensor | None:
+    def surrogate(self, record, signals) -> Any:
         """A scalar whose gradient joins the objective's (value discarded), or None."""
         return None
 
@@ -165,3 +166,34 @@ class Estimator:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _normal_sample(q: tfd.Distribution, seed: Any, sample_shape) -> Any:
+    """loc + scale * eps for a plain `tfd.Normal` or `tfd.Independent` of one, else None.
+
+    The same numbers as `q.sample(sample_shape, seed=seed)` outside XLA (TFP draws
+    stateless normals with the same seed and scales them the same way), but always on the
+    backend's Philox draws, which are much faster than TFP's default algorithm under XLA.
+    Subclasses, other distributions, a Normal with `validate_args` (whose checks run in
+    `q.sample`) and a seed that is not a stateless seed tensor go through `q.sample`.
+    """
+    normal = q.distribution if type(q) is tfd.Independent else q
+    if type(normal) is not tfd.Normal or normal.validate_args or not ops.is_tensor(seed):
+        return None
+    if isinstance(sample_shape, int):
+        sample_shape = (sample_shape,)
+    if not isinstance(sample_shape, (list, tuple)):
+        return None
+    sample_shape = tuple(sample_shape)
+    if not all(isinstance(d, int) for d in sample_shape):
+        return None
+    batch_shape = tuple(normal.batch_shape)
+    if all(isinstance(d, int) for d in batch_shape):
+        shape = sample_shape + batch_shape
+    else:
+        batch = ops.cast(normal.batch_shape_tensor(), "int32")
+        shape = ops.concatenate([ops.convert_to_tensor(sample_shape, "int32"), batch], axis=0)
+    loc = ops.convert_to_tensor(normal.loc)
+    scale = ops.convert_to_tensor(normal.scale)
+    eps = backend_random.normal(shape, seed, dtype=normal.dtype)
+    return eps * scale + loc

@@ -18,8 +18,10 @@ first and lets the network predict what is left (NVIL's signal centring).
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
-import tensorflow as tf
+from keras import ops
 
 __all__ = ["Baseline", "MovingAverage", "LeaveOneOut", "Learned", "get"]
 
@@ -30,9 +32,10 @@ class Baseline(keras.layers.Layer):
     Example:
         >>> class Constant(kvi.estimators.baselines.Baseline):
         ...     def compute(self, signal, inputs, training):
-        ...         return tf.constant(-100.0), None
-        >>> centred, auxiliary = Constant().apply(tf.constant([1.0, 2.0]), None, training=True)
-        >>> centred.numpy(), auxiliary  # the signal minus the baseline; nothing to train
+        ...         return keras.ops.convert_to_tensor(-100.0), None
+        >>> signal = keras.ops.convert_to_tensor([1.0, 2.0])
+        >>> centred, auxiliary = Constant().apply(signal, None, training=True)
+        >>> keras.ops.convert_to_numpy(centred), auxiliary  # signal - baseline; nothing to train
         (array([101., 102.], dtype=float32), None)
         >>> est = kvi.estimators.ScoreFunction(baseline=Constant())
     """
@@ -47,11 +50,11 @@ class Baseline(keras.layers.Layer):
                 f"(it compares the samples of one example), got num_samples={num_samples}."
             )
 
-    def compute(self, signal: tf.Tensor, inputs: tf.Tensor | None, training: bool):
+    def compute(self, signal: Any, inputs: Any, training: bool):
         """Returns (baseline broadcastable to signal, auxiliary objective or None)."""
         raise NotImplementedError
 
-    def apply(self, signal: tf.Tensor, inputs: tf.Tensor | None, training: bool):
+    def apply(self, signal: Any, inputs: Any, training: bool):
         """Returns (the signal with the baseline removed, auxiliary objective or None).
 
         The score-function estimator multiplies the first output by the score, so it must not
@@ -59,7 +62,7 @@ class Baseline(keras.layers.Layer):
         is allowed to see that sample, through the auxiliary objective.
         """
         baseline, auxiliary = self.compute(signal, inputs, training)
-        return signal - tf.stop_gradient(baseline), auxiliary
+        return signal - ops.stop_gradient(baseline), auxiliary
 
     def call(self, inputs):  # Keras needs a call; baselines are driven through compute.
         return inputs
@@ -103,11 +106,11 @@ class MovingAverage(Baseline):
     def compute(self, signal, inputs, training):
         if not self.built:
             self.build()
-        average = tf.convert_to_tensor(self.average)
+        average = ops.copy(self.average)  # the value before this step's update
         if training:
-            batch_mean = tf.reduce_mean(signal)
+            batch_mean = ops.mean(signal)
             # The first update sets the average to the batch mean instead of decaying from 0.
-            decay = self.decay * tf.convert_to_tensor(self.initialized)
+            decay = self.decay * ops.convert_to_tensor(self.initialized)
             self.average.assign(decay * average + (1.0 - decay) * batch_mean)
             self.initialized.assign(1.0)
         return average, None
@@ -145,8 +148,8 @@ class LeaveOneOut(Baseline):
             )
 
     def compute(self, signal, inputs, training):
-        k = tf.cast(tf.shape(signal)[0], signal.dtype)
-        total = tf.reduce_sum(signal, axis=0, keepdims=True)
+        k = ops.cast(ops.shape(signal)[0], signal.dtype)
+        total = ops.sum(signal, axis=0, keepdims=True)
         return (total - signal) / (k - 1.0), None
 
 
@@ -233,23 +236,23 @@ class Learned(Baseline):
     def _network_inputs(self, signal, inputs):
         if inputs is None:
             # No context (e.g. kvi.expectation without baseline_inputs): a learned constant.
-            return tf.ones([tf.size(signal), 1], dtype=signal.dtype)
-        inputs = tf.stop_gradient(tf.cast(inputs, signal.dtype))
-        return tf.reshape(inputs, [-1, inputs.shape[-1]])
+            return ops.ones((ops.size(signal), 1), dtype=signal.dtype)
+        inputs = ops.stop_gradient(ops.cast(inputs, signal.dtype))
+        return ops.reshape(inputs, (-1, inputs.shape[-1]))
 
     def compute(self, signal, inputs, training):
         net_inputs = self._network_inputs(signal, inputs)
         if not self.built:
             self.build(net_inputs.shape)
-        centre, auxiliary = tf.constant(0.0, signal.dtype), None
+        centre, auxiliary = ops.zeros((), signal.dtype), None
         if self.centering is not None:
             centre, auxiliary = self.centering.compute(signal, inputs, training)
-            centre = tf.stop_gradient(centre)
-        prediction = tf.cast(self.network(net_inputs, training=training), signal.dtype)
+            centre = ops.stop_gradient(centre)
+        prediction = ops.cast(self.network(net_inputs, training=training), signal.dtype)
         # One prediction per sample row: [K * B, 1] -> [K, B] (or [S, ...] in kvi.expectation).
-        prediction = tf.reshape(prediction, tf.concat([[-1], tf.shape(signal)[1:]], axis=0))
-        target = tf.stop_gradient(signal - centre)
-        regression = -tf.reduce_mean(tf.square(target - prediction))
+        prediction = ops.reshape(prediction, (-1,) + tuple(ops.shape(signal)[1:]))
+        target = ops.stop_gradient(signal - centre)
+        regression = -ops.mean(ops.square(target - prediction))
         auxiliary = regression if auxiliary is None else auxiliary + regression
         return centre + prediction, auxiliary
 
@@ -257,13 +260,13 @@ class Learned(Baseline):
         centred, auxiliary = super().apply(signal, inputs, training)
         if not self.normalize:
             return centred, auxiliary
-        variance = tf.convert_to_tensor(self.variance)
+        variance = ops.copy(self.variance)  # the value before this step's update
         if training:
-            batch_variance = tf.reduce_mean(tf.square(centred))
-            decay = self.decay * tf.convert_to_tensor(self.initialized)
+            batch_variance = ops.mean(ops.square(centred))
+            decay = self.decay * ops.convert_to_tensor(self.initialized)
             self.variance.assign(decay * variance + (1.0 - decay) * batch_variance)
             self.initialized.assign(1.0)
-        scale = tf.maximum(1.0, tf.sqrt(tf.stop_gradient(variance)))
+        scale = ops.maximum(1.0, ops.sqrt(ops.stop_gradient(variance)))
         return centred / scale, auxiliary
 
     def get_config(self):

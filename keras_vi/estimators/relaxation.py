@@ -3,15 +3,16 @@ Maddison et al. 2017)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
 from keras_vi import _scope, _serialization, schedules
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import random as backend_random
 from keras_vi.estimators.base import Estimator, checks_training_setup, is_joint
-
-tfd = tfp.distributions
 
 __all__ = ["GumbelSoftmax"]
 
@@ -108,30 +109,31 @@ class GumbelSoftmax(Estimator):
                 "objective='elbo', or kvi.layers.RelaxedCategoricalLatent."
             )
 
-    def temperature_at(self, step=None) -> tf.Tensor:
+    def temperature_at(self, step=None) -> Any:
         """The temperature at a training step (an int or integer tensor; None means 0)."""
         if isinstance(self.temperature, schedules.Schedule):
             value = self.temperature(0 if step is None else step)
         else:
             value = self.temperature
-        return tf.maximum(tf.cast(value, tf.float32), _MIN_TEMPERATURE)
+        return ops.maximum(ops.cast(value, "float32"), _MIN_TEMPERATURE)
 
     def sample(self, q, seed, sample_shape=()):
         scope = _scope.current_scope()
         if scope is None or not scope.training:
-            return tf.stop_gradient(q.sample(sample_shape, seed=seed))
-        logits = tf.cast(_categorical_base(q).logits_parameter(), tf.float32)
-        sample_shape = tf.reshape(tf.cast(sample_shape, tf.int32), [-1])
-        shape = tf.concat([sample_shape, tf.shape(logits)], axis=0)
+            return ops.stop_gradient(q.sample(sample_shape, seed=seed))
+        logits = ops.cast(_categorical_base(q).logits_parameter(), "float32")
+        if isinstance(sample_shape, int):
+            sample_shape = (sample_shape,)
+        shape = tuple(sample_shape) + tuple(ops.shape(logits))
         tiny = float(np.finfo(np.float32).tiny)
-        uniform = tf.random.stateless_uniform(shape, seed=seed, minval=tiny, maxval=1.0)
-        gumbel = -tf.math.log(-tf.math.log(uniform))
+        uniform = backend_random.uniform(shape, seed, "float32", minval=tiny, maxval=1.0)
+        gumbel = -ops.log(-ops.log(uniform))
         temperature = self.temperature_at(getattr(scope, "step", None))
-        soft = tf.nn.softmax((logits + gumbel) / temperature, axis=-1)
+        soft = ops.softmax((logits + gumbel) / temperature, axis=-1)
         if self.straight_through:
-            hard = tf.one_hot(tf.argmax(soft, axis=-1), tf.shape(soft)[-1], dtype=soft.dtype)
-            soft = soft + tf.stop_gradient(hard - soft)
-        return tf.cast(soft, tf.as_dtype(q.dtype))
+            hard = ops.one_hot(ops.argmax(soft, axis=-1), soft.shape[-1], dtype=soft.dtype)
+            soft = soft + ops.stop_gradient(hard - soft)
+        return ops.cast(soft, q.dtype)
 
     def get_config(self):
         temperature = self.temperature

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
-import tensorflow as tf
+from keras import ops, tree
 
 from keras_vi.estimators.base import Estimator, path_only_log_prob
 
@@ -82,45 +84,45 @@ class DoublyReparameterized(Estimator):
 
     def surrogate(self, record, signals):
         # d sum(log w) / dz, shaped like z (part by part for a joint q).
-        gradients = tf.nest.flatten(signals.path_gradient(record))
-        weights = tf.stop_gradient(signals.normalized_weights)
+        gradients = tree.flatten(signals.path_gradient(record))
+        weights = ops.stop_gradient(signals.normalized_weights)
         coefficient = weights * weights - weights  # [K, B] (or [S, ...] in kvi.expectation)
-        parts = tf.nest.flatten(record.z)
-        event_shapes = tf.nest.flatten(record.q.event_shape)
-        per_sample = tf.add_n(
-            [
-                _path_correction(coefficient, z, gradient, len(event_shape), index)
-                for index, (z, gradient, event_shape) in enumerate(
-                    zip(parts, gradients, event_shapes)
-                )
-            ]
+        parts = tree.flatten(record.z)
+        event_ranks = tree.flatten(
+            tree.map_shape_structure(lambda shape: len(tuple(shape)), record.q.event_shape)
         )
+        corrections = [
+            _path_correction(coefficient, z, gradient, event_rank, index)
+            for index, (z, gradient, event_rank) in enumerate(zip(parts, gradients, event_ranks))
+        ]
+        per_sample = corrections[0]
+        for correction in corrections[1:]:
+            per_sample = per_sample + correction
         return signals.reduce_samples(signals.to_samples(per_sample))
 
 
-def _path_correction(coefficient, z, gradient, event_rank: int, index: int) -> tf.Tensor:
+def _num_elements(shape) -> int | None:
+    dims = tuple(shape)
+    return None if any(d is None for d in dims) else math.prod(dims)
+
+
+def _path_correction(coefficient, z, gradient, event_rank: int, index: int):
     """stop((w^2 - w) d log w / dz) . z for one part of z, summed over its event axes.
 
     Returns a tensor of z's sample-and-batch shape (the model's K * B rows).
     """
-    sample_rank = z.shape.rank - event_rank
-    sample_shape = z.shape[:sample_rank]
-    if (
-        coefficient.shape.num_elements() is not None
-        and sample_shape.num_elements() is not None
-        and coefficient.shape.num_elements() != sample_shape.num_elements()
-    ):
+    rank = len(z.shape)
+    sample_rank = rank - event_rank
+    sample_shape = tuple(z.shape[:sample_rank])
+    num_weights = _num_elements(coefficient.shape)
+    num_rows = _num_elements(sample_shape)
+    if num_weights is not None and num_rows is not None and num_weights != num_rows:
         raise ValueError(
             "estimator=DoublyReparameterized() needs every part of q's sample to carry one "
-            f"value per importance weight ({coefficient.shape.num_elements()}, log-weights "
-            f"of shape {coefficient.shape}), but part {index} of z has sample and batch shape "
+            f"value per importance weight ({num_weights}, log-weights of shape "
+            f"{tuple(coefficient.shape)}), but part {index} of z has sample and batch shape "
             f"{sample_shape}. Give every part of a joint q the full batch shape."
         )
-    coefficient = tf.reshape(coefficient, tf.shape(z)[:sample_rank])
-    coefficient = tf.reshape(
-        coefficient, tf.concat([tf.shape(coefficient), tf.ones([event_rank], tf.int32)], 0)
-    )
-    correction = tf.stop_gradient(coefficient * tf.cast(gradient, coefficient.dtype))
-    return tf.reduce_sum(
-        correction * tf.cast(z, correction.dtype), axis=list(range(sample_rank, z.shape.rank))
-    )
+    coefficient = ops.reshape(coefficient, ops.shape(z)[:sample_rank] + (1,) * event_rank)
+    correction = ops.stop_gradient(coefficient * ops.cast(gradient, coefficient.dtype))
+    return ops.sum(correction * ops.cast(z, correction.dtype), axis=tuple(range(sample_rank, rank)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_vi import _serialization
 from keras_vi.estimators import baselines as baselines_lib
@@ -35,15 +37,15 @@ class ScoreFunction(Estimator):
     def __init__(self, baseline=None):
         self.baseline = baselines_lib.get(baseline)
 
-    def learning_signal(self, record, signals) -> tf.Tensor:
+    def learning_signal(self, record, signals) -> Any:
         return signals.learning_signal(record)
 
     def surrogate(self, record, signals):
-        signal = tf.stop_gradient(self.learning_signal(record, signals))
+        signal = ops.stop_gradient(self.learning_signal(record, signals))
         auxiliary = None
         if self.baseline is not None:
             signal, auxiliary = self.baseline.apply(signal, record.inputs, signals.training)
-            signal = tf.stop_gradient(signal)
+            signal = ops.stop_gradient(signal)
         log_q = signals.score_log_prob(record)
         term = signals.reduce_samples(signal * log_q)
         if auxiliary is None:

@@ -21,21 +21,16 @@ import threading
 from typing import Any
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-from keras_vi import _prediction, _random, _scope, _serialization, divergences, priors
-
-tfd = tfp.distributions
+from keras_vi import _checks, _prediction, _random, _scope, _serialization, divergences, priors
+from keras_vi.backend import distributions as tfd
+from keras_vi.backend import random as backend_random
 
 __all__ = ["BayesianLayer"]
 
 # Floor added to softplus(raw_scale) so a posterior scale never reaches exactly zero.
 MIN_SCALE = 1e-6
-
-# TensorFlow's default stateless algorithm ("auto_select") is 30-70x slower than Philox
-# under XLA on CPU; naming Philox keeps `jit_compile=True` fast and is deterministic.
-RNG_ALG = "philox"
 
 
 # The Args entries every concrete Bayesian layer shares, for `with_args` (entries at column
@@ -70,15 +65,15 @@ def with_args(args: str):
     return decorate
 
 
-def standard_normal(shape, seed: tf.Tensor) -> tf.Tensor:
+def standard_normal(shape, seed: Any) -> Any:
     """float32 N(0, 1) draws from a stateless seed.
 
     Zeros when the model predicts with `prediction="mean"`: every layer's weight noise then
     vanishes, so each computes its output at the posterior-mean weights.
     """
     if _prediction.point_estimates():
-        return tf.zeros(shape, tf.float32)
-    return tf.random.stateless_normal(shape, seed, dtype=tf.float32, alg=RNG_ALG)
+        return ops.zeros(shape, "float32")
+    return backend_random.normal(shape, seed, "float32")
 
 
 _state = threading.local()
@@ -101,20 +96,22 @@ def kl_disabled():
         _state.kl_disabled = previous
 
 
-def check_positive_int(value: Any, name: str, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
-    return value
-
-
-def random_signs(shape, seed: tf.Tensor) -> tf.Tensor:
+def random_signs(shape, seed: Any) -> Any:
     """Independent +-1 entries (Rademacher), float32, from a stateless seed."""
-    bits = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32, alg=RNG_ALG)
-    return tf.cast(2 * bits - 1, tf.float32)
+    bits = backend_random.uniform(shape, seed, dtype="int32", minval=0, maxval=2)
+    return ops.cast(2 * bits - 1, "float32")
 
 
 def _softplus_inverse(x: float) -> float:
     return float(x + math.log(-math.expm1(-x)))
+
+
+def _dims(shape) -> tuple | None:
+    """A distribution shape (TensorShape or tuple) as a tuple; None when its rank is unknown."""
+    try:
+        return tuple(shape)
+    except (TypeError, ValueError):
+        return None
 
 
 def _resolve_prior(prior: Any, argument: str, owner: str):
@@ -173,8 +170,8 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         ...         self.report_kl(seeds[1])
         ...         return x * self.sample_weight("kernel", seeds[0])
         >>> scale = MyBayesianScale()
-        >>> scale(tf.ones([2, 3])).shape
-        TensorShape([2, 3])
+        >>> tuple(scale(keras.ops.ones((2, 3))).shape)
+        (2, 3)
         >>> [w.name for w in scale.trainable_weights]  # the posterior's mean and raw scale
         ['kernel_loc', 'kernel_raw_scale']
     """
@@ -196,22 +193,15 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         self.bias_prior = (
             None if bias_prior is None else _resolve_prior(bias_prior, "bias_prior", owner)
         )
-        if (
-            isinstance(posterior_scale_init, bool)
-            or not isinstance(posterior_scale_init, (int, float))
-            or not (math.isfinite(posterior_scale_init) and posterior_scale_init > MIN_SCALE)
-        ):
-            raise ValueError(
-                f"{owner}: `posterior_scale_init` must be a finite number > {MIN_SCALE}, got "
-                f"{posterior_scale_init!r}."
-            )
-        self.posterior_scale_init = float(posterior_scale_init)
+        self.posterior_scale_init = _checks.finite_number(
+            posterior_scale_init, "posterior_scale_init", owner, minimum=MIN_SCALE, exclusive=True
+        )
         self.kl = divergences.check_kl_method(kl, "kl")
-        self.kl_samples = check_positive_int(kl_samples, "kl_samples", owner)
+        self.kl_samples = _checks.positive_int(kl_samples, "kl_samples", owner)
         self.num_examples = (
             None
             if num_examples is None
-            else check_positive_int(num_examples, "num_examples", owner)
+            else _checks.positive_int(num_examples, "num_examples", owner)
         )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"{owner}: `seed` must be None or an int, got {seed!r}.")
@@ -254,20 +244,20 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         """Names of the weight tensors with a posterior, e.g. `["kernel", "bias"]`."""
         return list(self._posteriors)
 
-    def posterior_loc(self, name: str) -> tf.Tensor:
+    def posterior_loc(self, name: str) -> Any:
         """The posterior mean of weight `name` (e.g. `"kernel"`), a float32 tensor."""
-        return tf.convert_to_tensor(self._posteriors[name][0])
+        return ops.convert_to_tensor(self._posteriors[name][0])
 
-    def posterior_scale(self, name: str) -> tf.Tensor:
+    def posterior_scale(self, name: str) -> Any:
         """softplus(raw_scale) + 1e-6, the posterior standard deviation of weight `name`."""
-        return tf.nn.softplus(tf.convert_to_tensor(self._posteriors[name][1])) + MIN_SCALE
+        return ops.softplus(ops.convert_to_tensor(self._posteriors[name][1])) + MIN_SCALE
 
     def posterior(self, name: str) -> tfd.Distribution:
         """q(w) for weight `name`: independent normals with the weight's shape as event shape."""
         loc = self.posterior_loc(name)
         return tfd.Independent(
             tfd.Normal(loc, self.posterior_scale(name)),
-            reinterpreted_batch_ndims=loc.shape.rank,
+            reinterpreted_batch_ndims=len(loc.shape),
         )
 
     def prior_distribution(self, name: str) -> tfd.Distribution:
@@ -285,7 +275,7 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         q = self.posterior(name)
         prior = self._bound_priors[name]
         element = getattr(prior, "element_distribution", None)
-        element = element(tf.float32) if callable(element) else None
+        element = element("float32") if callable(element) else None
         if element is not None:  # an i.i.d. prior: broadcast one element's distribution
             return q.distribution, element
         p = prior(q)
@@ -294,14 +284,16 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
                 f"{type(self).__name__} {self.name!r}: the prior of {name!r} must give a "
                 f"tfd.Distribution, got {type(p).__name__}."
             )
-        if p.dtype != tf.float32:
+        dtype = keras.backend.standardize_dtype(p.dtype)
+        if dtype != "float32":
             raise ValueError(
                 f"{type(self).__name__} {self.name!r}: the prior of {name!r} must be float32, "
-                f"got {p.dtype.name}."
+                f"got {dtype}."
             )
-        if p.event_shape == q.event_shape and p.batch_shape.rank == 0:
+        event, batch = _dims(p.event_shape), _dims(p.batch_shape)
+        if event == _dims(q.event_shape) and batch == ():
             return q, p
-        if p.event_shape.rank == 0 and (p.batch_shape.rank == 0 or p.batch_shape == q.event_shape):
+        if event == () and batch in ((), _dims(q.event_shape)):
             return q.distribution, p
         raise ValueError(
             f"{type(self).__name__} {self.name!r}: the prior of {name!r} has batch shape "
@@ -309,26 +301,26 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
             f"(applied to every element) or one with event shape {q.event_shape}."
         )
 
-    def _tensor_kl(self, name: str, seed: tf.Tensor) -> tf.Tensor:
+    def _tensor_kl(self, name: str, seed: Any) -> Any:
         q, p = self._aligned(name)
         method = self.kl
         if method == "auto":
             method = "analytic" if divergences.has_analytic_kl(q, p) else "mc"
         if method == "analytic":
-            return tf.reduce_sum(divergences.analytic_kl(q, p))
+            return ops.sum(divergences.analytic_kl(q, p))
         # Reparameterized draws w = loc + scale * eps (q is normal, elementwise or Independent).
         w = self.sample_weight(name, seed, leading=(self.kl_samples,))
-        log_ratio = tf.reshape(q.log_prob(w) - p.log_prob(w), [self.kl_samples, -1])
-        return tf.reduce_mean(tf.reduce_sum(log_ratio, axis=1))
+        log_ratio = ops.reshape(q.log_prob(w) - p.log_prob(w), (self.kl_samples, -1))
+        return ops.mean(ops.sum(log_ratio, axis=1))
 
-    def weight_kl(self, seed: tf.Tensor) -> tf.Tensor:
+    def weight_kl(self, seed: Any) -> Any:
         """KL(q || p) summed over all weight tensors (float32 scalar; Monte Carlo needs `seed`)."""
-        total = tf.constant(0.0, tf.float32)
+        total = ops.zeros((), "float32")
         for i, name in enumerate(self._posteriors):
-            total += self._tensor_kl(name, tf.random.experimental.stateless_fold_in(seed, i))
+            total += self._tensor_kl(name, backend_random.fold_in(seed, i))
         return total
 
-    def kl_divergence(self, seed: Any = None) -> tf.Tensor:
+    def kl_divergence(self, seed: Any = None) -> Any:
         """The layer's current weight KL: closed form, or a Monte Carlo estimate.
 
         Args:
@@ -340,9 +332,11 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         """
         if not self.built:
             raise ValueError(f"Layer {self.name!r} must be built before computing its KL.")
-        return self.weight_kl(_random.draw_tfp_seed(self.seed_generator if seed is None else seed))
+        return self.weight_kl(
+            backend_random.draw_seed(self.seed_generator if seed is None else seed)
+        )
 
-    def report_kl(self, seed: tf.Tensor) -> None:
+    def report_kl(self, seed: Any) -> None:
         """Sends this call's weight KL to the model (or to `add_loss` when asked to)."""
         if getattr(_state, "kl_disabled", False) or _prediction.point_estimates():
             return
@@ -355,9 +349,9 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
             self.add_loss(self.weight_kl(seed) / float(self.num_examples))
 
     # ------------------------------------------------------------------ helpers for call
-    def next_seeds(self, n: int) -> tf.Tensor:
+    def next_seeds(self, n: int) -> Any:
         """n independent int32[2] seeds for this call, as an [n, 2] tensor."""
-        return tf.random.experimental.stateless_split(_random.draw_tfp_seed(self.seed_generator), n)
+        return ops.stack(backend_random.split(backend_random.draw_seed(self.seed_generator), n))
 
     @staticmethod
     def num_weight_samples() -> int:
@@ -365,7 +359,7 @@ class BayesianLayer(_random.SeedStateMixin, keras.layers.Layer):
         scope = _scope.current_scope()
         return 1 if scope is None else int(scope.num_samples)
 
-    def sample_weight(self, name: str, seed: tf.Tensor, leading=()) -> tf.Tensor:
+    def sample_weight(self, name: str, seed: Any, leading=()) -> Any:
         """loc + scale * eps with eps of shape `leading + weight shape`."""
         loc = self.posterior_loc(name)
         return loc + self.posterior_scale(name) * standard_normal([*leading, *loc.shape], seed)
@@ -419,11 +413,11 @@ class KernelBiasLayer(BayesianLayer):
 
     def call(self, inputs, training=None):
         seeds = self.next_seeds(5)
-        outputs = self._pre_activation(tf.cast(inputs, tf.float32), seeds)
+        outputs = self._pre_activation(ops.cast(inputs, "float32"), seeds)
         self.report_kl(seeds[4])
         if self.activation is not None:
             outputs = self.activation(outputs)
-        return tf.cast(outputs, self.compute_dtype)
+        return ops.cast(outputs, self.compute_dtype)
 
     def _pre_activation(self, x, seeds):
         raise NotImplementedError

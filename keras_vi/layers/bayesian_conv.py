@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_vi import _checks
 from keras_vi.layers.bayesian import (
     WEIGHT_ARGS,
     KernelBiasLayer,
-    check_positive_int,
     random_signs,
     standard_normal,
     with_args,
@@ -93,7 +93,7 @@ class _BayesianConv2D(KernelBiasLayer):
             **kwargs,
         )
         owner = type(self).__name__
-        self.filters = check_positive_int(filters, "filters", owner)
+        self.filters = _checks.positive_int(filters, "filters", owner)
         self.kernel_size = _pair(kernel_size, "kernel_size", owner)
         self.strides = _pair(strides, "strides", owner)
         self.dilation_rate = _pair(dilation_rate, "dilation_rate", owner)
@@ -132,14 +132,15 @@ class _BayesianConv2D(KernelBiasLayer):
         ]
         return (input_shape[0], *spatial, self.filters)
 
-    def convolve(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    def convolve(self, x: Any, kernel: Any) -> Any:
         """The layer's convolution (strides, padding, dilation) of NHWC `x` with `kernel`."""
-        return tf.nn.convolution(
+        return ops.conv(
             x,
             kernel,
             strides=self.strides,
-            padding=self.padding.upper(),
-            dilations=self.dilation_rate,
+            padding=self.padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
         )
 
     def get_config(self):
@@ -181,16 +182,16 @@ class Conv2DReparameterization(_BayesianConv2D):
             if self.use_bias:
                 outputs += self.sample_weight("bias", seeds[3])
             return outputs
-        kernels = tf.unstack(self.sample_weight("kernel", seeds[0], leading=(k,)))
-        chunks = tf.split(x, k, axis=0)  # tiled rows are k-major
-        outputs = tf.concat([self.convolve(c, w) for c, w in zip(chunks, kernels)], axis=0)
+        kernels = self.sample_weight("kernel", seeds[0], leading=(k,))
         if self.use_bias:
-            bias = self.sample_weight("bias", seeds[3], leading=(k, 1, 1, 1))
-            shape = tf.shape(outputs)
-            outputs = tf.reshape(
-                tf.reshape(outputs, tf.concat([[k, -1], shape[1:]], axis=0)) + bias, shape
-            )
-        return outputs
+            biases = self.sample_weight("bias", seeds[3], leading=(k, 1, 1, 1))
+        # Split rather than `_layout.to_samples`: the spatial dimensions may be unknown. Tiled
+        # rows are k-major, so chunk i is copy i.
+        outputs = []
+        for i, chunk in enumerate(ops.split(x, k, axis=0)):
+            output = self.convolve(chunk, kernels[i])
+            outputs.append(output + biases[i] if self.use_bias else output)
+        return ops.concatenate(outputs, axis=0)
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -217,16 +218,16 @@ class Conv2DFlipout(_BayesianConv2D):
 
     def _pre_activation(self, x, seeds):
         loc = self.posterior_loc("kernel")
-        delta = self.posterior_scale("kernel") * standard_normal(tf.shape(loc), seeds[0])
-        batch = tf.shape(x)[0]
-        sign_in = random_signs([batch, 1, 1, x.shape[-1]], seeds[1])
-        sign_out = random_signs([batch, 1, 1, self.filters], seeds[2])
+        delta = self.posterior_scale("kernel") * standard_normal(loc.shape, seeds[0])
+        batch = ops.shape(x)[0]
+        sign_in = random_signs((batch, 1, 1, x.shape[-1]), seeds[1])
+        sign_out = random_signs((batch, 1, 1, self.filters), seeds[2])
         perturbation = self.convolve(x * sign_in, delta)
         outputs = self.convolve(x, loc)
         if self.use_bias:
             # The bias perturbation shares the example's output signs (Flipout for the bias).
             bias_scale = self.posterior_scale("bias")
-            perturbation += bias_scale * standard_normal(tf.shape(bias_scale), seeds[3])
+            perturbation += bias_scale * standard_normal(bias_scale.shape, seeds[3])
             outputs += self.posterior_loc("bias")
         return outputs + perturbation * sign_out
 
@@ -254,9 +255,9 @@ class Conv2DLocalReparameterization(_BayesianConv2D):
 
     def _pre_activation(self, x, seeds):
         mean = self.convolve(x, self.posterior_loc("kernel"))
-        variance = self.convolve(tf.square(x), tf.square(self.posterior_scale("kernel")))
+        variance = self.convolve(ops.square(x), ops.square(self.posterior_scale("kernel")))
         if self.use_bias:
             mean += self.posterior_loc("bias")
-            variance += tf.square(self.posterior_scale("bias"))
-        noise = standard_normal(tf.shape(mean), seeds[1])
-        return mean + tf.sqrt(variance + _VARIANCE_FLOOR) * noise
+            variance += ops.square(self.posterior_scale("bias"))
+        noise = standard_normal(ops.shape(mean), seeds[1])
+        return mean + ops.sqrt(variance + _VARIANCE_FLOOR) * noise

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_vi import _checks, _layout
 from keras_vi.layers.bayesian import (
     WEIGHT_ARGS,
     KernelBiasLayer,
-    check_positive_int,
     random_signs,
     standard_normal,
     with_args,
@@ -58,7 +58,7 @@ class _BayesianDense(KernelBiasLayer):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        self.units = check_positive_int(units, "units", type(self).__name__)
+        self.units = _checks.positive_int(units, "units", type(self).__name__)
 
     def build(self, input_shape):
         input_dim = input_shape[-1] if len(input_shape) else None
@@ -74,11 +74,11 @@ class _BayesianDense(KernelBiasLayer):
         return (*input_shape[:-1], self.units)
 
     def _pre_activation(self, x, seeds):
-        if x.shape.rank == 2:
+        if len(x.shape) == 2:
             return self._dense_pre_activation(x, seeds)
-        leading = tf.shape(x)[:-1]  # rows are all leading positions
-        outputs = self._dense_pre_activation(tf.reshape(x, [-1, x.shape[-1]]), seeds)
-        return tf.reshape(outputs, tf.concat([leading, [self.units]], axis=0))
+        leading = ops.shape(x)[:-1]  # rows are all leading positions
+        outputs = self._dense_pre_activation(ops.reshape(x, (-1, x.shape[-1])), seeds)
+        return ops.reshape(outputs, (*leading, self.units))
 
     def _dense_pre_activation(self, x, seeds):
         raise NotImplementedError
@@ -114,16 +114,16 @@ class DenseReparameterization(_BayesianDense):
     def _dense_pre_activation(self, x, seeds):
         k = self.num_weight_samples()
         if k == 1:
-            outputs = tf.matmul(x, self.sample_weight("kernel", seeds[0]))
+            outputs = ops.matmul(x, self.sample_weight("kernel", seeds[0]))
             if self.use_bias:
                 outputs += self.sample_weight("bias", seeds[3])
             return outputs
-        # K independent weight samples, one per tiled copy (rows are k-major).
-        xk = tf.reshape(x, [k, -1, x.shape[-1]])
-        outputs = tf.matmul(xk, self.sample_weight("kernel", seeds[0], leading=(k,)))
+        # K independent weight samples, one per tiled copy.
+        xk = _layout.to_samples(x, k)
+        outputs = ops.matmul(xk, self.sample_weight("kernel", seeds[0], leading=(k,)))
         if self.use_bias:
             outputs += self.sample_weight("bias", seeds[3], leading=(k, 1))
-        return tf.reshape(outputs, [-1, self.units])
+        return _layout.to_rows(outputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -149,16 +149,16 @@ class DenseFlipout(_BayesianDense):
 
     def _dense_pre_activation(self, x, seeds):
         loc = self.posterior_loc("kernel")
-        delta = self.posterior_scale("kernel") * standard_normal(tf.shape(loc), seeds[0])
-        rows = tf.shape(x)[0]
-        sign_in = random_signs([rows, x.shape[-1]], seeds[1])
-        sign_out = random_signs([rows, self.units], seeds[2])
-        perturbation = tf.matmul(x * sign_in, delta)
-        outputs = tf.matmul(x, loc)
+        delta = self.posterior_scale("kernel") * standard_normal(loc.shape, seeds[0])
+        rows = ops.shape(x)[0]
+        sign_in = random_signs((rows, x.shape[-1]), seeds[1])
+        sign_out = random_signs((rows, self.units), seeds[2])
+        perturbation = ops.matmul(x * sign_in, delta)
+        outputs = ops.matmul(x, loc)
         if self.use_bias:
             # The bias perturbation shares the row's output signs (Flipout for the bias).
             bias_scale = self.posterior_scale("bias")
-            perturbation += bias_scale * standard_normal(tf.shape(bias_scale), seeds[3])
+            perturbation += bias_scale * standard_normal(bias_scale.shape, seeds[3])
             outputs += self.posterior_loc("bias")
         return outputs + perturbation * sign_out
 
@@ -182,10 +182,10 @@ class DenseLocalReparameterization(_BayesianDense):
     """
 
     def _dense_pre_activation(self, x, seeds):
-        mean = tf.matmul(x, self.posterior_loc("kernel"))
-        variance = tf.matmul(tf.square(x), tf.square(self.posterior_scale("kernel")))
+        mean = ops.matmul(x, self.posterior_loc("kernel"))
+        variance = ops.matmul(ops.square(x), ops.square(self.posterior_scale("kernel")))
         if self.use_bias:
             mean += self.posterior_loc("bias")
-            variance += tf.square(self.posterior_scale("bias"))
-        noise = standard_normal(tf.shape(mean), seeds[1])
-        return mean + tf.sqrt(variance + _VARIANCE_FLOOR) * noise
+            variance += ops.square(self.posterior_scale("bias"))
+        noise = standard_normal(ops.shape(mean), seeds[1])
+        return mean + ops.sqrt(variance + _VARIANCE_FLOOR) * noise

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
 from keras_vi import priors
+from keras_vi.backend import distributions as tfd
 from keras_vi.layers.latent import CategoricalLatent, Latent
-
-tfd = tfp.distributions
 
 __all__ = ["RelaxedCategoricalLatent", "RelaxedUniform"]
 
@@ -43,12 +41,15 @@ class RelaxedUniform(priors.Prior):
         self.temperature = _check_temperature(temperature, "temperature", "RelaxedUniform")
 
     def __call__(self, q):
-        shape = q.event_shape
-        if not shape.is_fully_defined():
-            raise ValueError(f"RelaxedUniform: q's event shape {shape} must be fully known.")
-        dtype = tf.as_dtype(q.dtype)  # TFP keeps a dtype given as a string ("float32") as is
+        shape = priors._known_shape(q.event_shape)
+        if shape is None:
+            raise ValueError(
+                f"RelaxedUniform: q's event shape {q.event_shape} must be fully known."
+            )
+        # TFP keeps a dtype given as a string ("float32") as is.
+        dtype = keras.backend.standardize_dtype(q.dtype)
         base = tfd.ExpRelaxedOneHotCategorical(
-            tf.constant(self.temperature, dtype), logits=tf.zeros(shape, dtype)
+            ops.convert_to_tensor(self.temperature, dtype), logits=ops.zeros(shape, dtype)
         )
         return tfd.Independent(base, len(shape) - 1) if len(shape) > 1 else base
 
@@ -104,12 +105,13 @@ class RelaxedCategoricalLatent(CategoricalLatent):
 
     def make_distribution(self, inputs):
         logits = self._logits(inputs)
-        q = tfd.ExpRelaxedOneHotCategorical(tf.constant(self.temperature), logits=logits)
+        temperature = ops.convert_to_tensor(self.temperature, "float32")
+        q = tfd.ExpRelaxedOneHotCategorical(temperature, logits=logits)
         return q if self.num_variables is None else tfd.Independent(q, 1)
 
     def call(self, inputs, training=None):
         # q lives in log space (stable densities); the layer outputs the simplex point.
-        return self._flatten(tf.exp(Latent.call(self, inputs, training=training)))
+        return self._flatten(ops.exp(Latent.call(self, inputs, training=training)))
 
     def get_config(self):
         config = super().get_config()

@@ -15,7 +15,7 @@ def dataset_size(dataset) -> int | None:
     The cardinality times the batch size; the batch size comes from the element spec, or for
     a dataset batched with `drop_remainder=False` (whose spec has no static batch size) from
     `_batch_size`, a private attribute of `tf.data`'s batch datasets: no public API gives it.
-    `tests/test_conventions.py::test_dataset_batch_size_attribute` fails if TensorFlow
+    `tests/test_architecture.py::test_private_tensorflow_apis_in_place` fails if TensorFlow
     renames it.
     """
     cardinality = int(dataset.cardinality())

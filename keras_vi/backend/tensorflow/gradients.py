@@ -20,15 +20,31 @@ def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, li
     """
     with tf.GradientTape() as tape:
         value = fn()
-    gradients = tape.gradient(
-        value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-    )
+    gradients = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return value, gradients
 
 
-def function(fn: Callable, jit_compile: bool = False, reduce_retracing: bool = False) -> Callable:
-    """`fn` compiled to a graph (with XLA when `jit_compile`)."""
-    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=reduce_retracing)
+def function(
+    fn: Callable,
+    jit_compile: bool = False,
+    reduce_retracing: bool = False,
+    batch_specs: list | None = None,
+) -> Callable:
+    """`fn` compiled to a graph (with XLA when `jit_compile`).
+
+    With `batch_specs`, one `(per-example shape, dtype)` per positional argument, `fn` is
+    traced once for inputs of those shapes with any number of rows (the leading axis left
+    open), so a last, partial batch reuses the trace.
+    """
+    signature = None
+    if batch_specs is not None:
+        signature = [tf.TensorSpec([None, *shape], dtype) for shape, dtype in batch_specs]
+    return tf.function(
+        fn,
+        jit_compile=jit_compile,
+        reduce_retracing=reduce_retracing,
+        input_signature=signature,
+    )
 
 
 class SampleTape:
