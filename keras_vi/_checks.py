@@ -49,9 +49,7 @@ def finite_number(
     """`value` as a float if it is a finite number (>= minimum, or > with `exclusive`)."""
     if not (is_number(value) and math.isfinite(value)):
         bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum}"
-        raise ValueError(
-            f"{_prefix(owner)}`{name}` must be a finite number{bound}, got {value!r}."
-        )
+        raise ValueError(f"{_prefix(owner)}`{name}` must be a finite number{bound}, got {value!r}.")
     if minimum is not None and (value <= minimum if exclusive else value < minimum):
         raise ValueError(
             f"{_prefix(owner)}`{name}` must be {'>' if exclusive else '>='} {minimum}, "
@@ -64,9 +62,7 @@ def one_of(value: Any, name: str, choices: Iterable, owner: str | None = None) -
     """`value` if it is one of `choices`."""
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"{_prefix(owner)}Unknown `{name}` {value!r}; expected one of {choices}."
-        )
+        raise ValueError(f"{_prefix(owner)}Unknown `{name}` {value!r}; expected one of {choices}.")
     return value
 
 

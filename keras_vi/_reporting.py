@@ -13,7 +13,7 @@ METRIC_MODES = {"loss": "min", "elbo": "max", "nll": "min", "kl": "min", "regula
 
 
 def metric_mode(monitor: str) -> str | None:
-    """"min" or "max" for a keras_vi metric name (with or without "val_"), else None."""
+    """The direction ("min" or "max") of a keras_vi metric name, with or without "val_"."""
     name = monitor.removeprefix("val_")
     if name in METRIC_MODES:
         return METRIC_MODES[name]
@@ -58,9 +58,7 @@ def update(model, out: dict, y, batch_size, ok=None, sample_weight=None) -> None
         if name in model._latent_trackers:
             model._latent_trackers[name].update_state(value, sample_weight=example_weight)
     if out["target_in_support"] is not None:
-        model._support_violations.update_state(
-            1.0 - ops.cast(out["target_in_support"], "float32")
-        )
+        model._support_violations.update_state(1.0 - ops.cast(out["target_in_support"], "float32"))
     compile_metrics = compiled_metrics(model)
     if compile_metrics is not None:
         first = _layout.first_copy(out["y_pred"], batch_size)

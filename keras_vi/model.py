@@ -98,7 +98,6 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         True
     """
 
-
     def __new__(cls, *args, **kwargs):
         if _functional.is_functional_call(args, kwargs):
             cls = _functional.variant(cls)
