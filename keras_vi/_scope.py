@@ -21,17 +21,23 @@ _state = threading.local()
 
 
 @dataclasses.dataclass
-class LatentRecord:
-    """What one call of a `Latent` layer contributes to the objective."""
+class Site:
+    """One latent variable's draw in a step: what the objective and its estimator read.
 
-    layer: Any
+    `key` names the site in the step's signals: the latent layer's name, with `#2`, `#3`...
+    appended when one layer is called several times in a forward pass.
+    """
+
+    name: str  # the latent layer's name (its `kl/<name>` metric)
     q: Any
     z: Any
     prior: Any
     estimator: Any
-    inputs: Any
+    inputs: Any  # the layer's input (gradient stopped), for input-dependent baselines
     seed: Any
-    log_q: Any = None  # log q(z) as the estimator wants it in the objective value
+    kl: str = "auto"  # the layer's KL setting ("auto", "analytic", "mc")
+    kl_samples: int = 1
+    key: str = ""
 
 
 @dataclasses.dataclass
@@ -43,15 +49,19 @@ class StepScope:
     training: bool = False
     latents: list = dataclasses.field(default_factory=list)
     weight_kls: list = dataclasses.field(default_factory=list)
-    path_tape: Any = None  # a tape watching z for estimators that need d log w / dz
+    # A backend `SampleTape` watching reparameterized z, for estimators that ask for
+    # d log w / dz (`Signals.path_gradient`); None outside training steps.
+    path_tape: Any = None
     step: Any = None  # the training step (optimizer.iterations) for scheduled estimators
     # ids of the latent layers that tile their inputs K times (the model's batch is untiled)
     tile_inputs_of: frozenset = frozenset()
 
-    def add_latent(self, record: LatentRecord) -> None:
-        self.latents.append(record)
-        if self.path_tape is not None and record.estimator.needs_path_gradient:
-            self.path_tape.watch(record.z)
+    def add_latent(self, site: Site) -> None:
+        calls = sum(1 for other in self.latents if other.name == site.name)
+        site.key = site.name if calls == 0 else f"{site.name}#{calls + 1}"
+        self.latents.append(site)
+        if self.path_tape is not None and site.estimator.reparameterized:
+            self.path_tape.watch(site.z)
 
     def add_weight_kl(self, layer: Any, kl: Any) -> None:
         self.weight_kls.append((layer, kl))

@@ -496,16 +496,16 @@ def _probe(model: keras.Model, x: Any) -> dict:
     with _scope.recording(scope):
         y_pred = model(x, training=False)
     out, counts = {}, {}
-    for record in scope.latents:
-        name = record.layer.name
+    for site in scope.latents:
+        name = site.name
         counts[name] = counts.get(name, 0) + 1
         if counts[name] > 1:
             name = f"{name}_{counts[name] - 1}"
-        q, z, prior = record.q, record.z, record.prior
+        q, z, prior = site.q, site.z, site.prior
         rows = ops.shape(z)[0]
         mean = _moment(q, "mean")
         if mean is None:  # e.g. a flow: estimate E_q[z] from a few draws.
-            seed = backend_random.fold_in(record.seed, 1)
+            seed = backend_random.fold_in(site.seed, 1)
             mean = ops.mean(q.sample(16, seed=seed), axis=0)
         entry = {"mean": _flatten(mean, rows)}
         scale = _moment(q, "stddev")

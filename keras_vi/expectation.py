@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from keras import ops, tree
+from keras import ops
 
 from keras_vi import _layout, _scope, estimators, objectives
 from keras_vi.backend import distributions as tfd
@@ -17,17 +16,6 @@ from keras_vi.backend import random as backend_random
 __all__ = ["expectation"]
 
 _OBJECTIVES = (None, "elbo", "iwae")
-
-
-@dataclasses.dataclass
-class _ExpectationSignals(objectives.Signals):
-    log_q: Any = None
-
-    def to_samples(self, flat):
-        return flat
-
-    def score_log_prob(self, record):
-        return self.log_q
 
 
 def _align(values: Any, log_q: Any):
@@ -58,7 +46,7 @@ def _check_objective(objective, num_samples: int, est) -> None:
             f"Unknown `objective` {objective!r} for kvi.expectation; expected None (the mean "
             "of fn), 'elbo' or 'iwae' (fn is then the log joint density log p(x, z))."
         )
-    if objective is not None and getattr(est, "requires_analytic_kl", False):
+    if objective is not None and est.kl == "analytic":
         raise ValueError(
             f"estimator={type(est).__name__}() replaces log q(z) by a closed-form KL to a "
             f"prior, which kvi.expectation(objective={objective!r}) does not have. Use "
@@ -169,58 +157,49 @@ def expectation(
     ):
         z = est.sample(q, tfp_seed, sample_shape=[num_samples])
 
-    path_tape = gradients.SampleTape() if getattr(est, "needs_path_gradient", False) else None
-    with path_tape if path_tape is not None else contextlib.nullcontext():
-        if path_tape is not None:
-            path_tape.watch(z)
-        per_sample = _per_sample(fn, q, z, est, objective, num_samples)
-        path_gradient = None
-        if path_tape is not None:
-            parts = tree.flatten(z)
-            path_gradient = estimators.stop_gradient_nested(
-                tree.pack_sequence_as(z, path_tape.gradient(per_sample, parts))
-            )
-
-    record = _scope.LatentRecord(
-        layer=None,
+    site = _scope.Site(
+        name="expectation",
         q=q,
         z=z,
         prior=None,
         estimator=est,
         inputs=_baseline_inputs(baseline_inputs, num_samples),
         seed=tfp_seed,
+        key="expectation",
     )
-    path_gradients = {} if path_gradient is None else {id(record): path_gradient}
-
-    score_log_q = q.log_prob(estimators.stop_gradient_nested(z))
-    if objective is None:
-        signal, score_log_q = _align(per_sample, score_log_q)
-        value = ops.mean(per_sample)
-        bound = ops.mean(signal, axis=0)
-    else:
-        signal = per_sample
-        if objective == "iwae":
-            bound = objectives.iwae_bound(per_sample)
+    # d log w / dz is taken (on request: DReG) while the tape that watched z is open.
+    path_tape = gradients.SampleTape() if est.reparameterized else None
+    with path_tape if path_tape is not None else contextlib.nullcontext():
+        if path_tape is not None:
+            path_tape.watch(z)
+        per_sample = _per_sample(fn, q, z, est, objective, num_samples)
+        score_log_q = q.log_prob(estimators.stop_gradient_nested(z))
+        if objective is None:
+            signal, score_log_q = _align(per_sample, score_log_q)
+            value = ops.mean(per_sample)
+            bound = ops.mean(signal, axis=0)
         else:
-            bound = ops.mean(per_sample, axis=0)
-        value = ops.mean(bound)
-    signals = _ExpectationSignals(
-        objective="iwae" if objective == "iwae" else "elbo",
-        num_samples=num_samples,
-        training=True,
-        kl_weight=ops.zeros(()),
-        log_likelihood=signal,
-        per_sample=signal,
-        bound=bound,
-        kls={},
-        path_gradients=path_gradients,
-        maximize=maximize,
-        log_q=score_log_q,
-    )
-    surrogate = est.surrogate(record, signals)
-    if surrogate is None:
-        return value
-    return value + surrogate - ops.stop_gradient(surrogate)
+            signal = per_sample
+            if objective == "iwae":
+                bound = objectives.iwae_bound(per_sample)
+            else:
+                bound = ops.mean(per_sample, axis=0)
+            value = ops.mean(bound)
+        signals = objectives.Signals(
+            objective="iwae" if objective == "iwae" else "elbo",
+            num_samples=num_samples,
+            training=True,
+            kl_weight=ops.zeros(()),
+            per_sample=signal,
+            bound=bound,
+            maximize=maximize,
+            layout="samples",
+            score_log_probs={site.key: score_log_q},
+            path_gradient_fn=None
+            if path_tape is None
+            else objectives.path_gradient_fn(path_tape, [site], per_sample),
+        )
+        return objectives.surrogate_loss(value, [site], signals)
 
 
 def _per_sample(fn, q, z, est, objective: str | None, num_samples: int):

@@ -227,7 +227,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             estimator = layer.resolved_estimator
             if estimator is None:  # "auto": resolves to an estimator that suits any objective
                 continue
-            required = getattr(estimator, "requires_objective", None)
+            required = estimator.objective
             if required is not None and required != self.objective:
                 raise ValueError(
                     f"Latent {layer.name!r}: estimator={type(estimator).__name__}() "
@@ -426,14 +426,15 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             x_tiled = x
         else:
             x_tiled = _layout.tile(x, k)
-        needs_path_gradient = any(
-            getattr(layer.resolved_estimator, "needs_path_gradient", False)
+        reparameterized = any(
+            getattr(layer.resolved_estimator, "reparameterized", False)
             for layer in self._latent_layers()
         )
         with contextlib.ExitStack() as stack:
-            if needs_path_gradient:
-                # DReG needs d log w / dz: a tape watches each such z (Latent -> add_latent)
-                # through the forward pass and the objective; objectives.compute reads it.
+            if training and reparameterized:
+                # Estimators may ask for d log w / dz (DReG): a tape watches each
+                # reparameterized z through the forward pass and the objective. Taken only
+                # on request, so unused it adds nothing to the compiled step.
                 scope.path_tape = stack.enter_context(backend.gradients.SampleTape())
             with _scope.recording(scope):
                 y_pred = self(x_tiled, training=training)

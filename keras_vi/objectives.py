@@ -43,26 +43,35 @@ def iwae_bound(log_weights):
 
 @dataclasses.dataclass
 class Signals:
-    """What estimators may read to build their surrogates for one step."""
+    """What estimators may read to build their surrogates for one step.
+
+    Per-sample values are [K, B] (samples by examples). In a model's step the latents' draws
+    are K * B rows laid out k-major (`layout="rows"`); in `kvi.expectation` they already
+    carry the sample axis first (`layout="samples"`).
+    """
 
     objective: str
     num_samples: int
     training: bool
     kl_weight: Any
-    log_likelihood: Any  # [K, B]
     per_sample: Any  # [K, B]: log p(y|z) - beta * sum of KL terms (the log-weights)
     bound: Any  # [B]: ELBO (mean over k) or IWAE bound per example
-    kls: dict  # id(record) -> ([K, B] KL term, method)
-    # id(record) -> d sum(per_sample) / dz (gradient stopped), for estimators that need it.
-    path_gradients: dict = dataclasses.field(default_factory=dict)
+    kls: dict = dataclasses.field(default_factory=dict)  # site key -> ([K, B] KL, method)
     # Whether the caller ascends the value (a bound: True); sets the direction of auxiliary
     # objectives such as a learned baseline's regression.
     maximize: bool = True
     # [B] per-example weights (Keras's `sample_weight`), or None for equal weights.
     sample_weight: Any = None
+    layout: str = "rows"
+    # site key -> log q(z) with z held fixed, where the caller computed it already.
+    score_log_probs: dict = dataclasses.field(default_factory=dict)
+    # site -> d sum(per_sample) / dz (gradient stopped); given by the objective builder.
+    path_gradient_fn: Any = None
 
     def to_samples(self, flat):
-        """[K*B] -> [K, B]."""
+        """A site's per-row values as [K, B] (rows layout), or unchanged (samples layout)."""
+        if self.layout == "samples":
+            return flat
         return _layout.to_samples(flat, self.num_samples)
 
     def reduce_samples(self, per_sample):
@@ -77,32 +86,35 @@ class Signals:
         batch = ops.cast(ops.shape(per_example)[0], per_example.dtype)
         return ops.sum(self.sample_weight * per_example) / batch
 
-    def score_log_prob(self, record):
-        """log q(z) of a latent's samples with z held fixed, shape [K, B]."""
-        held = tree.map_structure(ops.stop_gradient, record.z)  # z may be a joint q's nest
-        return self.to_samples(record.q.log_prob(held))
+    def score_log_prob(self, site):
+        """log q(z) of a site's samples with z held fixed, shape [K, B]."""
+        if site.key in self.score_log_probs:
+            return self.score_log_probs[site.key]
+        held = tree.map_structure(ops.stop_gradient, site.z)  # z may be a joint q's nest
+        return self.to_samples(site.q.log_prob(held))
 
     @property
     def normalized_weights(self):
+        if self.num_samples == 1:  # softmax over one sample (Keras warns about the axis)
+            return ops.ones_like(self.per_sample)
         return ops.softmax(self.per_sample, axis=0)
 
-    def path_gradient(self, record):
-        """d log w / dz for a latent's samples (shaped like z), for DReG-type estimators."""
-        gradient = self.path_gradients.get(id(record))
-        if gradient is None:
+    def path_gradient(self, site):
+        """d log w / dz for a site's samples (shaped like z), for DReG-type estimators."""
+        if self.path_gradient_fn is None:
             raise ValueError(
-                f"{type(record.estimator).__name__}() needs d log w / dz, which is provided "
-                "when the forward pass runs inside VariationalModel.compute_objective (or "
-                "kvi.expectation); this step did not record it."
+                f"{type(site.estimator).__name__}() needs d log w / dz, which is provided "
+                "in a training step of VariationalModel (or in kvi.expectation); this step "
+                "does not provide it."
             )
-        return gradient
+        return self.path_gradient_fn(site)
 
-    def learning_signal(self, record):
+    def learning_signal(self, site):
         """The score-function learning signal for one latent, shape [K, B] (or [1, B])."""
         if self.objective == "iwae":
             return self.bound[None, :]
         signal = self.per_sample
-        kl, method = self.kls.get(id(record), (None, None))
+        kl, method = self.kls.get(site.key, (None, None))
         if method == "analytic":
             # A closed-form KL does not depend on this latent's own sample: leaving it out
             # of the signal removes variance without changing the expectation.
@@ -110,19 +122,19 @@ class Signals:
         return signal
 
 
-def latent_kl(record, objective: str, free_bits: float | None):
+def latent_kl(site, objective: str, free_bits: float | None):
     """KL term of one latent: ([K*B] values, method used, per-dimension [K*B, D] or None)."""
-    layer, q, z, p = record.layer, record.q, record.z, record.prior
-    method = layer.kl
-    estimator = record.estimator
-    if objective == "iwae" or getattr(estimator, "needs_sample_kl", False):
+    q, z, p = site.q, site.z, site.prior
+    method = site.kl
+    estimator = site.estimator
+    if objective == "iwae" or estimator.kl == "sample":
         method = "mc"
-    elif getattr(estimator, "requires_analytic_kl", False):
+    elif estimator.kl == "analytic":
         # A relaxed sample (Gumbel-softmax) has no density under the categorical q: the ELBO
         # uses the closed-form KL of the categorical, as Jang et al. (2017) do.
         if method == "mc":
             raise ValueError(
-                f"Latent {getattr(layer, 'name', '?')!r}: kl='mc' cannot be used with "
+                f"Latent {site.name!r}: kl='mc' cannot be used with "
                 f"estimator={type(estimator).__name__}(), whose relaxed samples have no "
                 "log q(z); use kl='auto' or kl='analytic' (the categorical's closed form)."
             )
@@ -134,7 +146,7 @@ def latent_kl(record, objective: str, free_bits: float | None):
         kl = divergences.analytic_kl(q, p)
         if free_bits is not None:
             per_dim = divergences.per_dimension(q, p)
-    elif layer.kl_samples == 1 or objective == "iwae":
+    elif site.kl_samples == 1 or objective == "iwae":
         log_q = estimator.log_prob(q, z)
         kl = log_q - p.log_prob(z)
         if (
@@ -145,8 +157,8 @@ def latent_kl(record, objective: str, free_bits: float | None):
             inner = q.distribution.log_prob(z) - p.distribution.log_prob(z)
             per_dim = ops.reshape(inner, (ops.shape(inner)[0], -1))
     else:
-        seed = backend_random.fold_in(record.seed, 1)
-        kl = divergences.kl(q, p, method="mc", num_samples=layer.kl_samples, seed=seed)
+        seed = backend_random.fold_in(site.seed, 1)
+        kl = divergences.kl(q, p, method="mc", num_samples=site.kl_samples, seed=seed)
     if free_bits is not None and per_dim is None and tree.is_nested(q.dtype):
         # A joint q (one event shape per part) has no per-dimension KL: spread its KL evenly
         # over its D dimensions, so the free-bits floor is max(free_bits * D, KL), as for any
@@ -154,7 +166,7 @@ def latent_kl(record, objective: str, free_bits: float | None):
         sizes = [_num_elements(shape) for shape in _event_shapes(q)]
         if any(size is None for size in sizes):
             raise ValueError(
-                f"Latent {getattr(layer, 'name', '?')!r}: free_bits needs the event shapes of "
+                f"Latent {site.name!r}: free_bits needs the event shapes of "
                 f"the parts of q to be fully known, got {q.event_shape}."
             )
         num_dims = max(1, sum(sizes))
@@ -162,37 +174,54 @@ def latent_kl(record, objective: str, free_bits: float | None):
     return kl, method, per_dim
 
 
-def _path_gradients(scope, per_sample) -> dict:
-    """d sum(log w) / dz for every latent whose estimator asks for it (DReG).
+def path_gradient_fn(tape, sites: list, per_sample):
+    """site -> d sum(log w) / dz for a site's samples, taken on request from `tape`.
 
     Rows are independent samples, so the gradient of the sum gives each row's own
-    d log w_k / d z_k (shaped like z: a structure of parts for a joint q). Needs
-    `scope.path_tape`, a persistent tape that watched those z during the forward pass (opened
-    by `VariationalModel.compute_objective`).
+    d log w_k / d z_k (shaped like z: a structure of parts for a joint q). `tape` is the
+    backend's `SampleTape` that watched the reparameterized z during the forward pass.
     """
-    records = [r for r in scope.latents if getattr(r.estimator, "needs_path_gradient", False)]
-    if not records:
-        return {}
-    tape = getattr(scope, "path_tape", None)
-    if tape is None:
-        names = sorted({getattr(r.layer, "name", "?") for r in records})
-        raise ValueError(
-            f"Latents {names} use an estimator that needs d log w / dz, but the forward pass "
-            "was not recorded on a path tape; run it through VariationalModel.compute_objective."
-        )
-    gradients = tape.gradient(per_sample, [r.z for r in records])
-    for i, upstream in enumerate(records):
-        for j, downstream in enumerate(records):
-            # z is a structure of parts for a joint q: any connected part is a dependence.
-            if i != j and tape.depends(downstream.z, upstream.z):
-                raise ValueError(
-                    f"Latent {getattr(downstream.layer, 'name', '?')!r} depends on the "
-                    f"sample of latent {getattr(upstream.layer, 'name', '?')!r}, and both "
-                    f"use {type(downstream.estimator).__name__}(); its correction is "
-                    "defined for latents that do not depend on one another. Use "
-                    "estimator='reparameterization' for one of them."
-                )
-    return {id(r): tree.map_structure(ops.stop_gradient, g) for r, g in zip(records, gradients)}
+
+    def gradient(site):
+        if not site.estimator.reparameterized:
+            raise ValueError(
+                f"Latent {site.name!r}: d log w / dz needs a reparameterized sample, but "
+                f"estimator={type(site.estimator).__name__}() stops its gradient."
+            )
+        for other in sites:
+            # Latents with the same estimator whose samples depend on one another: the total
+            # derivative would mix their corrections.
+            if other is site or type(other.estimator) is not type(site.estimator):
+                continue
+            for later, earlier in ((other, site), (site, other)):
+                if tape.depends(later.z, earlier.z):
+                    raise ValueError(
+                        f"Latent {later.name!r} depends on the sample of latent "
+                        f"{earlier.name!r}, and both use {type(site.estimator).__name__}(); "
+                        "its correction is defined for latents that do not depend on one "
+                        "another. Use estimator='reparameterization' for one of them."
+                    )
+        parts = tree.flatten(site.z)
+        gradients = tape.gradient(per_sample, parts)
+        return tree.map_structure(ops.stop_gradient, tree.pack_sequence_as(site.z, gradients))
+
+    return gradient
+
+
+def surrogate_loss(value, sites: list, signals: Signals):
+    """`value` plus the estimators' surrogates minus their values: the scalar to ascend.
+
+    Its value is `value` (the bound or expectation); its gradient adds each estimator's
+    surrogate gradient. Shared by `VariationalModel` steps and `kvi.expectation`.
+    """
+    surrogate = None
+    for site in sites:
+        term = site.estimator.surrogate(site, signals)
+        if term is not None:
+            surrogate = term if surrogate is None else surrogate + term
+    if surrogate is None:
+        return value
+    return value + surrogate - ops.stop_gradient(surrogate)
 
 
 def _weighted_mean(values, sample_weight):
@@ -249,18 +278,18 @@ def compute(
     kl_per_latent = {}
     total_kl = ops.zeros_like(log_lik)
     free_bits_kl = ops.zeros(())
-    for record in scope.latents:
-        if record.prior is None:
+    for site in scope.latents:
+        if site.prior is None:
             continue
-        kl_flat, method, per_dim = latent_kl(record, objective, free_bits)
+        kl_flat, method, per_dim = latent_kl(site, objective, free_bits)
         kl_kb = to_kb(kl_flat)
-        kls[id(record)] = (kl_kb, method)
-        name = record.layer.name
+        kls[site.key] = (kl_kb, method)
+        name = site.name
         kl_per_latent[name] = kl_per_latent.get(name, 0.0) + wmean(kl_kb)
         total_kl = total_kl + kl_kb
         if free_bits is not None:
             if per_dim is None:
-                event_size = max(1, _num_elements(record.q.event_shape) or 1)
+                event_size = max(1, _num_elements(site.q.event_shape) or 1)
                 free_bits_kl += ops.maximum(free_bits * event_size, wmean(kl_kb))
             else:
                 per_dim_kb = _layout.to_samples(per_dim, k)
@@ -280,7 +309,6 @@ def compute(
     # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
     # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
     # are undefined there (VIMCO with K = 1) and none is differentiated.
-    path_gradients = _path_gradients(scope, per_sample) if training else {}
     if objective == "iwae":
         bound = iwae_bound(per_sample)
         value = wmean(bound)
@@ -292,28 +320,29 @@ def compute(
             value = wmean(bound)
     value = loss_scale * value - kl_weight * weight_kl
 
+    tape = scope.path_tape
     signals = Signals(
         objective=objective,
         num_samples=k,
         training=training,
         kl_weight=kl_weight,
-        log_likelihood=log_lik,
         per_sample=per_sample,
         bound=bound,
         kls=kls,
-        path_gradients=path_gradients,
         sample_weight=sample_weight,
+        path_gradient_fn=None
+        if tape is None
+        else path_gradient_fn(tape, scope.latents, per_sample),
     )
-    surrogate = ops.zeros(())
-    for record in scope.latents if training else ():
-        term = record.estimator.surrogate(record, signals)
-        if term is not None:
-            surrogate += term
+    # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
+    # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
+    # are undefined there (VIMCO with K = 1) and none is differentiated.
+    objective_value = surrogate_loss(value, scope.latents if training else [], signals)
 
     nll = -wmean(log_lik)
     kl = wmean(total_kl) + weight_kl
     return {
-        "loss": -(value + surrogate - ops.stop_gradient(surrogate)),
+        "loss": -objective_value,
         "loss_value": -value,
         "elbo": -nll - kl,
         "nll": nll,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import keras
 
 from keras_vi.estimators import baselines
 from keras_vi.estimators.base import (
+    ALIASES,
     Estimator,
     is_joint,
     is_reparameterized,
@@ -39,18 +43,17 @@ __all__ = [
     "stop_gradient_nested",
 ]
 
-_ALIASES = {
-    "reparameterization": Reparameterization,
-    "score_function": ScoreFunction,
-    "stl": StickingTheLanding,
-    "dreg": DoublyReparameterized,
-    "vimco": VIMCO,
-    "gumbel_softmax": GumbelSoftmax,
-}
+# Every module of this package, so an estimator added as a new file registers its alias
+# (Estimator.__init_subclass__) and is reachable as kvi.estimators.<ClassName>.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def register_alias(alias: str, cls: type) -> None:
-    _ALIASES[alias] = cls
+def __getattr__(name: str):
+    for cls in ALIASES.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(identifier) -> Estimator | str:
@@ -58,12 +61,12 @@ def get(identifier) -> Estimator | str:
     if identifier == "auto" or isinstance(identifier, Estimator):
         return identifier
     if isinstance(identifier, str):
-        if identifier not in _ALIASES:
+        if identifier not in ALIASES:
             raise ValueError(
                 f"Unknown `estimator` {identifier!r}; expected 'auto', one of "
-                f"{sorted(_ALIASES)} or a keras_vi.estimators.Estimator instance."
+                f"{sorted(ALIASES)} or a keras_vi.estimators.Estimator instance."
             )
-        return _ALIASES[identifier]()
+        return ALIASES[identifier]()
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
     raise ValueError(

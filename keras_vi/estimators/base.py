@@ -13,6 +13,7 @@ The model builds one scalar, `value + (surrogate - stop_gradient(surrogate))`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from keras import ops, tree
@@ -80,22 +81,26 @@ def path_only_log_prob(q: tfd.Distribution, z: Any) -> Any:
 class Estimator:
     """Base class of gradient estimators.
 
-    Subclasses set the class attributes below and override what differs: `sample` (how z
-    is drawn), `log_prob` (the log q(z) in the objective's value; same number for every
-    estimator), `surrogate` (a scalar whose gradient joins the objective's, value removed).
+    Subclasses declare what the objective must know (the class attributes below) and
+    override what differs: `sample` (how z is drawn), `log_prob` (the log q(z) in the
+    objective's value; same number for every estimator), `surrogate(site, signals)` (a
+    scalar whose gradient joins the objective's, value removed; `site` is the latent's
+    `keras_vi._scope.Site`: its name, q, z, prior, inputs; `signals` the step's
+    `keras_vi.objectives.Signals`: log-weights, bound, KL terms, `path_gradient(site)`).
     Register subclasses with `keras.saving.register_keras_serializable` and give them a
-    `get_config` so models that use them can be saved.
+    `get_config` so models that use them can be saved. Defining a subclass with its own
+    `alias` makes that string name it everywhere (`estimator="<alias>"`): a new estimator
+    is one new class, touching nothing else.
 
     Attributes:
-        alias: the string name accepted wherever an estimator is.
-        pathwise: z carries a reparameterization gradient.
-        needs_path_gradient: the model must provide d log w / dz (DReG).
-        needs_sample_kl: the latent's KL must be the per-sample log q(z) - log p(z) (STL,
-            DReG), never a closed form, because the estimator changes how log q(z) is
-            differentiated.
-        requires_analytic_kl: the latent's KL must be the closed form (Gumbel-softmax: the
-            relaxed sample has no density under the categorical q).
-        requires_objective: "iwae" for multi-sample estimators, else None.
+        alias: the string name accepted wherever an estimator is ("" for none).
+        reparameterized: z keeps its pathwise gradient, so q must be fully reparameterized;
+            otherwise the sample's gradient is stopped and `surrogate` carries the gradient.
+        kl: which KL the latent's term must be: `"sample"`, the per-sample log q(z) -
+            log p(z) at the drawn z (STL, DReG, which change how log q(z) is
+            differentiated); `"analytic"`, the closed form (Gumbel-softmax, whose relaxed
+            sample has no density under the categorical q); None, the latent's own `kl`.
+        objective: the objective it needs (`"iwae"` for multi-sample estimators), or None.
         baseline: a `keras_vi.estimators.baselines.Baseline` (a Keras layer the latent layer
             tracks and saves), or None. A baseline holds state for one latent: give each
             latent its own estimator object when baselines are involved.
@@ -103,18 +108,21 @@ class Estimator:
     Example:
         >>> @keras.saving.register_keras_serializable(package="my_project")
         ... class ScaledScore(kvi.estimators.ScoreFunction):
-        ...     def learning_signal(self, record, signals):
-        ...         return 0.5 * signals.learning_signal(record)
+        ...     def learning_signal(self, site, signals):
+        ...         return 0.5 * signals.learning_signal(site)
         >>> latent = kvi.layers.BernoulliLatent(8, estimator=ScaledScore())
     """
 
     alias: str = ""
-    pathwise: bool = False
-    needs_path_gradient: bool = False
-    needs_sample_kl: bool = False
-    requires_analytic_kl: bool = False
-    requires_objective: str | None = None
+    reparameterized: bool = False
+    kl: str | None = None
+    objective: str | None = None
     baseline: Any = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _translate_old_flags(cls)
+        _register_alias(cls)
 
     def validate(self, q: tfd.Distribution, *, objective: str | None, num_samples: int) -> None:
         """Raises ValueError when this estimator cannot serve q under this objective.
@@ -125,13 +133,13 @@ class Estimator:
         `checks_training_setup`); q's compatibility is always checked.
         """
         strict = checks_training_setup()
-        if strict and self.requires_objective is not None and objective != self.requires_objective:
+        if strict and self.objective is not None and objective != self.objective:
             raise ValueError(
-                f"estimator={type(self).__name__}() needs objective={self.requires_objective!r} "
+                f"estimator={type(self).__name__}() needs objective={self.objective!r} "
                 "(kvi.VariationalModel(objective='iwae', num_samples=K) or "
                 f"kvi.expectation(..., objective='iwae')), got objective={objective!r}."
             )
-        if self.pathwise and not is_reparameterized(q):
+        if self.reparameterized and not is_reparameterized(q):
             parts = " (every part must be FULLY_REPARAMETERIZED)" if is_joint(q) else ""
             raise ValueError(
                 f"estimator={type(self).__name__}() needs a reparameterizable q, but "
@@ -147,12 +155,12 @@ class Estimator:
         z = _normal_sample(q, seed, sample_shape)
         if z is None:
             z = q.sample(sample_shape, seed=seed)
-        return z if self.pathwise else stop_gradient_nested(z)
+        return z if self.reparameterized else stop_gradient_nested(z)
 
     def log_prob(self, q: tfd.Distribution, z: Any) -> Any:
         return q.log_prob(z)
 
-    def surrogate(self, record, signals) -> Any:
+    def surrogate(self, site, signals) -> Any:
         """A scalar whose gradient joins the objective's (value discarded), or None."""
         return None
 
@@ -197,3 +205,47 @@ def _normal_sample(q: tfd.Distribution, seed: Any, sample_shape) -> Any:
     scale = ops.convert_to_tensor(normal.scale)
     eps = backend_random.normal(shape, seed, dtype=normal.dtype)
     return eps * scale + loc
+
+
+# alias -> class, filled as estimator classes are defined (`Estimator.__init_subclass__`).
+ALIASES: dict[str, type] = {}
+
+# 0.1's class flags, read from subclasses that still set them: old name -> (new name, value).
+_OLD_FLAGS = {
+    "pathwise": lambda value: ("reparameterized", bool(value)),
+    "needs_sample_kl": lambda value: ("kl", "sample") if value else None,
+    "requires_analytic_kl": lambda value: ("kl", "analytic") if value else None,
+    "requires_objective": lambda value: ("objective", value),
+    "needs_path_gradient": lambda value: None,  # d log w / dz is now given on request
+}
+
+
+def _translate_old_flags(cls: type) -> None:
+    for old, translate in _OLD_FLAGS.items():
+        if old not in vars(cls):
+            continue
+        warnings.warn(
+            f"{cls.__name__}.{old} is keras_vi 0.1's estimator flag; declare `reparameterized`, "
+            "`kl` or `objective` instead (see kvi.estimators.Estimator).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        new = translate(vars(cls)[old])
+        if new is not None and new[0] not in vars(cls):
+            setattr(cls, *new)
+
+
+def _register_alias(cls: type) -> None:
+    alias = vars(cls).get("alias")
+    if not alias:
+        return
+    known = ALIASES.get(alias)
+    if known is not None and (known.__module__, known.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
+        raise ValueError(
+            f"estimator alias {alias!r} of {cls.__qualname__} is already taken by "
+            f"{known.__module__}.{known.__qualname__}; choose another `alias`."
+        )
+    ALIASES[alias] = cls

@@ -61,8 +61,8 @@ class GumbelSoftmax(Estimator):
     """
 
     alias = "gumbel_softmax"
-    pathwise = True
-    requires_analytic_kl = True
+    reparameterized = True
+    kl = "analytic"
 
     def __init__(self, temperature=1.0, straight_through: bool = False):
         if isinstance(temperature, dict):

@@ -22,7 +22,7 @@ class Reparameterization(Estimator):
     """
 
     alias = "reparameterization"
-    pathwise = True
+    reparameterized = True
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -42,8 +42,8 @@ class StickingTheLanding(Estimator):
     """
 
     alias = "stl"
-    pathwise = True
-    needs_sample_kl = True
+    reparameterized = True
+    kl = "sample"
 
     def log_prob(self, q, z):
         return path_only_log_prob(q, z)
@@ -74,22 +74,21 @@ class DoublyReparameterized(Estimator):
     """
 
     alias = "dreg"
-    pathwise = True
-    needs_path_gradient = True
-    needs_sample_kl = True
-    requires_objective = "iwae"
+    reparameterized = True
+    kl = "sample"
+    objective = "iwae"
 
     def log_prob(self, q, z):
         return path_only_log_prob(q, z)
 
-    def surrogate(self, record, signals):
+    def surrogate(self, site, signals):
         # d sum(log w) / dz, shaped like z (part by part for a joint q).
-        gradients = tree.flatten(signals.path_gradient(record))
+        gradients = tree.flatten(signals.path_gradient(site))
         weights = ops.stop_gradient(signals.normalized_weights)
         coefficient = weights * weights - weights  # [K, B] (or [S, ...] in kvi.expectation)
-        parts = tree.flatten(record.z)
+        parts = tree.flatten(site.z)
         event_ranks = tree.flatten(
-            tree.map_shape_structure(lambda shape: len(tuple(shape)), record.q.event_shape)
+            tree.map_shape_structure(lambda shape: len(tuple(shape)), site.q.event_shape)
         )
         corrections = [
             _path_correction(coefficient, z, gradient, event_rank, index)

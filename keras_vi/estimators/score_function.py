@@ -32,21 +32,20 @@ class ScoreFunction(Estimator):
     """
 
     alias = "score_function"
-    pathwise = False
 
     def __init__(self, baseline=None):
         self.baseline = baselines_lib.get(baseline)
 
-    def learning_signal(self, record, signals) -> Any:
-        return signals.learning_signal(record)
+    def learning_signal(self, site, signals) -> Any:
+        return signals.learning_signal(site)
 
-    def surrogate(self, record, signals):
-        signal = ops.stop_gradient(self.learning_signal(record, signals))
+    def surrogate(self, site, signals):
+        signal = ops.stop_gradient(self.learning_signal(site, signals))
         auxiliary = None
         if self.baseline is not None:
-            signal, auxiliary = self.baseline.apply(signal, record.inputs, signals.training)
+            signal, auxiliary = self.baseline.apply(signal, site.inputs, signals.training)
             signal = ops.stop_gradient(signal)
-        log_q = signals.score_log_prob(record)
+        log_q = signals.score_log_prob(site)
         term = signals.reduce_samples(signal * log_q)
         if auxiliary is None:
             return term

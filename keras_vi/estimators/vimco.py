@@ -154,8 +154,7 @@ class VIMCO(Estimator):
     """
 
     alias = "vimco"
-    pathwise = False
-    requires_objective = "iwae"
+    objective = "iwae"
 
     def validate(self, q, *, objective, num_samples):
         super().validate(q, objective=objective, num_samples=num_samples)
@@ -165,10 +164,10 @@ class VIMCO(Estimator):
                 f"num_samples >= 2, got num_samples={num_samples}."
             )
 
-    def surrogate(self, record, signals):
+    def surrogate(self, site, signals):
         log_weights = ops.stop_gradient(signals.per_sample)
         bound = ops.logsumexp(log_weights, axis=0, keepdims=True) - ops.log(
             ops.cast(ops.shape(log_weights)[0], log_weights.dtype)
         )
         signal = ops.stop_gradient(bound - leave_one_out_bounds(log_weights))
-        return signals.reduce_samples(signal * signals.score_log_prob(record))
+        return signals.reduce_samples(signal * signals.score_log_prob(site))

@@ -179,17 +179,19 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         z = estimator.sample(q, seed)
         if scope is not None:
             scope.add_latent(
-                _scope.LatentRecord(
-                    layer=self,
+                _scope.Site(
+                    name=self.name,
                     q=q,
                     z=z,
                     prior=self.prior_distribution(q),
                     estimator=estimator,
                     inputs=ops.stop_gradient(inputs),
                     seed=seed,
+                    kl=self.kl,
+                    kl_samples=self.kl_samples,
                 )
             )
-        elif training is True and not estimator.pathwise and not in_symbolic_scope():
+        elif training is True and not estimator.reparameterized and not in_symbolic_scope():
             raise ValueError(
                 f"{type(self).__name__} {self.name!r} uses estimator={estimator!r}, whose "
                 "gradient comes from a surrogate that only kvi.VariationalModel builds: trained "
