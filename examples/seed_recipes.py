@@ -177,7 +177,7 @@ def recipe_e_mixture_prior(epochs: int = 20, seed: int = 0) -> dict:
     x, history = _train_digits(model, epochs, seed)
     batch = x[:64]
     samples = model.compute_objective(batch, batch, training=False, num_samples=400)
-    per_sample_kl = samples["signals"].log_likelihood - samples["signals"].per_sample  # [K, B]
+    per_sample_kl, _ = samples["signals"].kls["z"]  # [K, B]: log q(z) - log p(z) per draw
     params = keras.Model(model.input, model.get_layer("params").output)(batch)
     q = latent.make_distribution(params)
     reference = kvi.divergences.kl(q, prior(q), method="mc", num_samples=20000, seed=7)
