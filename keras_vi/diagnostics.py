@@ -28,9 +28,8 @@ import keras
 import numpy as np
 from keras import ops, tree
 
-from keras_vi import _checks, _scope, divergences, likelihoods
+from keras_vi import _batching, _checks, _scope, divergences, likelihoods
 from keras_vi import estimators as estimators_lib
-from keras_vi.backend import data as backend_data
 from keras_vi.backend import gradients as backend_gradients
 from keras_vi.backend import random as backend_random
 
@@ -524,25 +523,9 @@ def _probe(model: keras.Model, x: Any) -> dict:
 
 
 def iterate_batches(data: Any, batch_size: int, owner: str) -> Iterator[tuple[Any, Any]]:
-    """(x, y) batches of an array, an (x, y) / (x,) tuple or a batched tf.data.Dataset.
-
-    Unsupervised data (no y) yields y = x.
-    """
-    if backend_data.is_dataset(data):
-        for element in data:
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
-            yield x, (x if y is None else y)
-        return
-    if isinstance(data, list):
-        data = tuple(data)
-    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-    if x is None:
-        raise ValueError(f"{owner}: the data holds no inputs.")
-    y = x if y is None else y
-    n = int(tree.flatten(x)[0].shape[0])
-    for start in range(0, n, batch_size):
-        take = lambda a, start=start: a[start : start + batch_size]  # noqa: E731
-        yield tree.map_structure(take, x), tree.map_structure(take, y)
+    """(x, y) batches of an array, an (x, y) / (x,) tuple or a batched dataset (y = x when
+    unsupervised)."""
+    return _batching.batches(data, batch_size, owner=owner)
 
 
 class LatentProbe:

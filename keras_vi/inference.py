@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vi import _batching
 from keras_vi.backend import gradients
 
 __all__ = ["log_likelihood"]
@@ -113,7 +114,7 @@ def log_likelihood(
 
     bound = _bound_function(model, num_samples, jit_compile, _spec(x), _spec(y))
     results = [
-        ops.convert_to_numpy(bound(x[start : start + batch_size], y[start : start + batch_size]))
-        for start in range(0, n, batch_size)
+        ops.convert_to_numpy(bound(xb, yb))
+        for xb, yb in _batching.batches((x, y), batch_size, owner="kvi.log_likelihood")
     ]
     return np.concatenate(results) if results else np.zeros([0], np.float32)

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 from keras import ops, tree
 
-from keras_vi import _checks
-from keras_vi.backend import data as backend_data
+from keras_vi import _batching, _checks
 from keras_vi.backend import distributions as tfd
 from keras_vi.backend import gradients
 from keras_vi.layers.bayesian import kl_disabled
@@ -61,19 +60,8 @@ def _sampler(model, num_samples: int, training: bool):
 
 
 def _batches(x, batch_size: int | None):
-    if backend_data.is_dataset(x):
-        for element in x:
-            if isinstance(element, tuple) and len(element) in (2, 3):
-                element = element[0]  # (x, y) or (x, y, sample_weight)
-            yield element
-        return
-    leaves = tree.flatten(x)
-    if not leaves:
-        raise ValueError("`x` must contain at least one array.")
-    n = int(np.shape(leaves[0])[0])
-    batch_size = batch_size or _DEFAULT_BATCH
-    for start in range(0, n, batch_size):
-        yield tree.map_structure(lambda a, s=start: ops.convert_to_tensor(a[s : s + batch_size]), x)
+    for batch in _batching.batches(x, batch_size or _DEFAULT_BATCH, targets=False):
+        yield tree.map_structure(ops.convert_to_tensor, batch)
 
 
 def predict_samples(
