@@ -44,11 +44,9 @@ def update(model, out: dict, y, batch_size, ok=None, sample_weight=None) -> None
         for key in ("loss_value", "elbo", "nll", "kl", "regularization"):
             out[key] = ops.where(ok, out[key], 0.0)
         out["kl_per_latent"] = {k: ops.where(ok, v, 0.0) for k, v in out["kl_per_latent"].items()}
-    per_row = {
-        "loss": out["loss_value"],
-        "kl_weight": ops.convert_to_tensor(model.kl_weight),
-        "regularization": out["regularization"],
-    }
+    per_row = {"loss": out["loss_value"], "kl_weight": ops.convert_to_tensor(model.kl_weight)}
+    if model._reports_regularization:  # otherwise not shown, and its update would cost a step
+        per_row["regularization"] = out["regularization"]
     per_example = {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"]}
     for name, value in per_row.items():
         model._trackers[name].update_state(value, sample_weight=weight)
