@@ -21,7 +21,12 @@ def tile(structure: Any, k: int) -> Any:
         t = ops.convert_to_tensor(t)
         if k == 1:
             return t
-        return ops.tile(t, [k] + [1] * (len(t.shape) - 1))
+        tiled = ops.tile(t, [k] + [1] * (len(t.shape) - 1))
+        tail = tuple(t.shape[1:])
+        if tail and all(d is not None for d in tail):
+            # Keras before 3.11 loses the static shape in ops.tile; later layers need it.
+            tiled = ops.reshape(tiled, (-1, *tail))
+        return tiled
 
     return tree.map_structure(tile_one, structure)
 

@@ -38,7 +38,10 @@ def leave_one_out_bounds(log_weights: Any) -> Any:
         raise ValueError(
             f"leave_one_out_bounds: `log_weights` must be a float tensor, got dtype {dtype}."
         )
-    static_rank = ops.ndim(log_weights)
+    try:
+        static_rank = len(log_weights.shape)
+    except (TypeError, ValueError):  # a TensorShape of unknown rank has no length
+        static_rank = None
     k = log_weights.shape[0] if static_rank else None
     if static_rank == 0 or (k is not None and k < 2):
         raise ValueError(
