@@ -64,12 +64,3 @@ def one_of(value: Any, name: str, choices: Iterable, owner: str | None = None) -
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{_prefix(owner)}Unknown `{name}` {value!r}; expected one of {choices}.")
     return value
-
-
-def optional_seed(value: Any, name: str = "seed", owner: str | None = None) -> int | None:
-    """`value` if it is None or an int >= 0."""
-    if value is not None and not (is_int(value) and value >= 0):
-        raise ValueError(
-            f"{_prefix(owner)}`{name}` must be None or an integer >= 0, got {value!r}."
-        )
-    return value
