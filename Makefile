@@ -18,7 +18,7 @@ $(VENV)/.examples: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(PIP) install -e ".[test,examples]"
+	$(PIP) install -e ".[test,examples,jax]"
 	touch $@
 
 demo: $(VENV)/.examples

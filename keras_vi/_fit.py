@@ -177,9 +177,8 @@ class MidEpochResume(keras.callbacks.Callback):
         if model.train_function is None:
             model.make_train_function()
         model.train_function = trainer.skip_batches(
-            model.train_function,
+            model,
             self.count,
-            int(getattr(model, "steps_per_execution", 1) or 1),
             on_skip=lambda: {m.name: m.result() for m in model._trackers.values()},
         )
 

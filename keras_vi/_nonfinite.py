@@ -82,8 +82,10 @@ def check(model, out: dict, gradients, check_gradients: bool = True):
 def record(model, ok, flags) -> None:
     """Counts a skipped step (ok false) and remembers its first non-finite term."""
     first_bad = ops.cast(ops.argmin(ops.cast(ops.stack(flags), "int32")), "int32")
-    model._nonfinite_term.assign(ops.where(ok, model._nonfinite_term, first_bad))
-    model._consecutive_skips.assign(ops.where(ok, 0, model._consecutive_skips + 1))
+    term = ops.convert_to_tensor(model._nonfinite_term)
+    skips = ops.convert_to_tensor(model._consecutive_skips)
+    model._nonfinite_term.assign(ops.where(ok, term, first_bad))
+    model._consecutive_skips.assign(ops.where(ok, 0, skips + 1))
     model._skipped_steps.update_state(1.0 - ops.cast(ok, "float32"))
 
 

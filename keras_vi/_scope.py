@@ -61,7 +61,7 @@ class StepScope:
         site.key = site.name if calls == 0 else f"{site.name}#{calls + 1}"
         self.latents.append(site)
         if self.path_tape is not None and site.estimator.reparameterized:
-            self.path_tape.watch(site.z)
+            site.z = self.path_tape.watch(site.z)
 
     def add_weight_kl(self, layer: Any, kl: Any) -> None:
         self.weight_kls.append((layer, kl))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -167,13 +166,12 @@ def expectation(
         seed=tfp_seed,
         key="expectation",
     )
-    # d log w / dz is taken (on request: DReG) while the tape that watched z is open.
-    path_tape = gradients.SampleTape() if est.reparameterized else None
-    with path_tape if path_tape is not None else contextlib.nullcontext():
-        if path_tape is not None:
-            path_tape.watch(z)
-        per_sample = _per_sample(fn, q, z, est, objective, num_samples)
-        score_log_q = q.log_prob(estimators.stop_gradient_nested(z))
+
+    def run(tape):
+        # d log w / dz is taken (on request: DReG) from the tape that watched z.
+        z_watched = z if tape is None else tape.watch(z)
+        per_sample = _per_sample(fn, q, z_watched, est, objective, num_samples)
+        score_log_q = q.log_prob(estimators.stop_gradient_nested(z_watched))
         if objective is None:
             signal, score_log_q = _align(per_sample, score_log_q)
             value = ops.mean(per_sample)
@@ -185,6 +183,7 @@ def expectation(
             else:
                 bound = ops.mean(per_sample, axis=0)
             value = ops.mean(bound)
+        site.z = z_watched
         signals = objectives.Signals(
             objective="iwae" if objective == "iwae" else "elbo",
             num_samples=num_samples,
@@ -196,10 +195,14 @@ def expectation(
             layout="samples",
             score_log_probs={site.key: score_log_q},
             path_gradient_fn=None
-            if path_tape is None
-            else objectives.path_gradient_fn(path_tape, [site], per_sample),
+            if tape is None
+            else objectives.path_gradient_fn(tape, [site], per_sample),
         )
         return objectives.surrogate_loss(value, [site], signals)
+
+    if not est.reparameterized:
+        return run(None)
+    return gradients.with_sample_tape(run)
 
 
 def _per_sample(fn, q, z, est, objective: str | None, num_samples: int):

@@ -387,6 +387,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         objective: str | None = None,
         kl_weight=None,
         sample_weight=None,
+        sample_tape=None,
     ):
         """Runs the model on K copies of each example and builds the bound.
 
@@ -402,6 +403,8 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             kl_weight: default the model's `kl_weight` variable.
             sample_weight: None or one weight per example (shape [B]); see
                 `keras_vi.objectives.compute`.
+            sample_tape: the backend's `SampleTape` for d log w / dz (given by a training
+                step that can take it; default a new one).
 
         Returns:
             The dict of `keras_vi.objectives.compute`, plus `y_pred` (all K*B rows),
@@ -435,7 +438,9 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
                 # Estimators may ask for d log w / dz (DReG): a tape watches each
                 # reparameterized z through the forward pass and the objective. Taken only
                 # on request, so unused it adds nothing to the compiled step.
-                scope.path_tape = stack.enter_context(backend.gradients.SampleTape())
+                if sample_tape is None:
+                    sample_tape = backend.gradients.new_sample_tape()
+                scope.path_tape = stack.enter_context(sample_tape)
             with _scope.recording(scope):
                 y_pred = self(x_tiled, training=training)
             y_tiled = _layout.tile(y, k)

@@ -1,21 +1,59 @@
-"""Shared test set-up: quiet TensorFlow, the TF backend, and a fixed seed per test."""
+"""Shared test set-up: quiet TensorFlow, the backend under test, and a fixed seed per test.
+
+The suite runs once per Keras backend (`KERAS_BACKEND`, TensorFlow by default; `make test`
+runs both). A test runs on TensorFlow unless it (or its module, through `pytestmark`) is
+marked `backends("tensorflow", "jax")`; `backends("tensorflow")` on a test in such a module
+says it is TensorFlow-only by nature (`tf.distribute`, `tf.data` internals). Tests not
+marked for the active backend are deselected, and the count is printed.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+BACKEND = os.environ["KERAS_BACKEND"]
+if BACKEND == "jax":
+    # Two CPU devices, so keras.distribution.DataParallel can be tested without accelerators.
+    # This must happen before JAX starts, hence at conftest import.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-# Two logical CPU devices, so tf.distribute strategies can be tested without accelerators.
-# This must happen before TensorFlow's runtime starts, hence at conftest import.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPU devices, so tf.distribute strategies can be tested without
+    # accelerators. This must happen before TensorFlow's runtime starts.
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): the Keras backends the test runs on (default: tensorflow only)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        names = marker.args if marker is not None else ("tensorflow",)
+        (selected if BACKEND in names else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def pytest_report_header(config):
+    return f"Keras backend: {BACKEND}"
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +80,7 @@ class InterruptAt(keras.callbacks.Callback):
         self.step = step
 
     def on_train_batch_begin(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == self.step:
             raise RuntimeError("simulated interruption")
 
 

@@ -1,6 +1,6 @@
-"""The layout the code must keep: TensorFlow only in the per-backend modules, and every private
-Keras or TensorFlow API keras_vi still uses present where keras_vi expects it (a loud failure
-when a release moves one, rather than a silent change of behaviour)."""
+"""The layout the code must keep: TensorFlow and JAX only in their per-backend modules, and
+every private Keras, TensorFlow or JAX API keras_vi still uses present where keras_vi expects
+it (a loud failure when a release moves one, rather than a silent change of behaviour)."""
 
 import ast
 import pathlib
@@ -8,20 +8,29 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_vi as kvi
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 PACKAGE = pathlib.Path(kvi.__file__).parent
-# TensorFlow's own modules of keras_vi: the per-backend step, seeds, data and gradients.
-BACKEND = PACKAGE / "backend" / "tensorflow"
+# Each backend's own modules of keras_vi: the per-backend step, seeds, data and gradients.
+BACKENDS = {
+    "tensorflow": PACKAGE / "backend" / "tensorflow",
+    "jax": PACKAGE / "backend" / "jax",
+}
+FRAMEWORKS = ("tensorflow", "tensorflow_probability", "tf_keras", "jax", "jaxlib")
 # TensorBoard event files are written through `tf.summary` on every backend (as Keras's own
 # TensorBoard callback does): I/O, not maths, imported lazily in this one module.
 SUMMARY_WRITER = PACKAGE / "callbacks" / "_summary.py"
 
 
 def _modules():
-    return sorted(p for p in PACKAGE.rglob("*.py") if BACKEND not in p.parents)
+    return sorted(
+        p
+        for p in PACKAGE.rglob("*.py")
+        if not any(directory in p.parents for directory in BACKENDS.values())
+    )
 
 
 def _tensorflow_names(tree: ast.AST) -> list[str]:
@@ -48,18 +57,30 @@ def _imports(tree: ast.AST) -> list[str]:
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_only_the_backend_modules_import_tensorflow(path):
+def test_only_the_backend_modules_import_tensorflow_or_jax(path):
     tree = ast.parse(path.read_text())
-    imported = [
-        name
-        for name in _imports(tree)
-        if name.split(".")[0] in ("tensorflow", "tensorflow_probability", "tf_keras")
-    ]
+    imported = [name for name in _imports(tree) if name.split(".")[0] in FRAMEWORKS]
     if path == SUMMARY_WRITER:
         assert all(name.startswith("tensorflow") for name in imported)
         return
     assert imported == [], f"{path.name} imports {imported}: use keras.ops or keras_vi.backend"
     assert _tensorflow_names(tree) == [], f"{path.name} calls TensorFlow directly"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(BACKENDS["jax"].rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_jax_backend_imports_no_tensorflow(path):
+    """JAX's modules use TFP's JAX substrate; TensorFlow itself only through tf.data, which
+    Keras on JAX accepts too (read through sys.modules, never imported)."""
+    imported = _imports(ast.parse(path.read_text()))
+    for name in imported:
+        if name.startswith("tensorflow_probability"):
+            assert name == "tensorflow_probability.substrates", name
+        else:
+            assert not name.startswith(("tensorflow", "tf_keras")), name
 
 
 def test_the_check_sees_tensorflow_calls():
@@ -70,16 +91,20 @@ def test_the_check_sees_tensorflow_calls():
 
 
 def test_kvi_distributions_are_the_backends_tfp_modules():
-    import tensorflow_probability as tfp
+    if keras.backend.backend() == "jax":
+        from tensorflow_probability.substrates import jax as tfp
+    else:
+        import tensorflow_probability as tfp
 
     assert kvi.distributions is tfp.distributions
     assert kvi.bijectors is tfp.bijectors
 
 
 def test_trainer_comes_from_the_backend():
-    from keras_vi.backend.tensorflow.trainer import VariationalTrainer
+    import importlib
 
-    assert issubclass(kvi.VariationalModel, VariationalTrainer)
+    module = importlib.import_module(f"keras_vi.backend.{keras.backend.backend()}.trainer")
+    assert issubclass(kvi.VariationalModel, module.VariationalTrainer)
     assert "train_step" not in vars(kvi.VariationalModel)
 
 
@@ -98,9 +123,12 @@ def test_private_keras_apis_in_place():
     assert model._compile_metrics is not None  # keras_vi._reporting.compiled_metrics
 
 
+@pytest.mark.backends("tensorflow")
 def test_private_tensorflow_apis_in_place():
     """`tf.data`'s batch size of a dataset without static batch size (backend/data.py), and
     the distribute internals the TensorFlow step reads (backend/trainer.py)."""
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices(np.zeros((10, 2))).batch(3)
     assert int(dataset._batch_size) == 3
     assert callable(tf.__internal__.distribute.strategy_supports_no_merge_call)
@@ -109,8 +137,29 @@ def test_private_tensorflow_apis_in_place():
 
 
 def test_dataset_size_uses_the_batch_size_of_unbatched_spec():
+    import tensorflow as tf
+
     from keras_vi.backend import data
 
     dataset = tf.data.Dataset.from_tensor_slices(np.zeros((10, 2))).batch(5)
     assert dataset.element_spec.shape[0] is None  # so the private attribute is what tells
     assert data.dataset_size(dataset) == 10
+
+
+@pytest.mark.backends("jax")
+def test_jax_tables_tfp_reads_in_place():
+    """The JAX tables TFP 0.25 registers its variable type in, where keras_vi points TFP's
+    names at them (backend/jax/__init__.py)."""
+    import warnings
+
+    import jax
+    import jax.interpreters.xla as xla
+    from jax._src import core, dtypes
+
+    assert isinstance(core.pytype_aval_mappings, dict)
+    assert isinstance(dtypes.canonicalize_value_handlers, dict)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert xla.pytype_aval_mappings is core.pytype_aval_mappings
+        assert jax.core.pytype_aval_mappings is core.pytype_aval_mappings
+        assert isinstance(xla.canonicalize_dtype_handlers, dict)

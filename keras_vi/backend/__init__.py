@@ -27,10 +27,21 @@ if NAME == "tensorflow":
         trainer,
     )
     from keras_vi.backend.tensorflow.trainer import VariationalTrainer
+elif NAME == "jax":
+    from keras_vi.backend.jax import (
+        bijectors,
+        data,
+        distributions,
+        gradients,
+        random,
+        trainer,
+    )
+    from keras_vi.backend.jax.trainer import VariationalTrainer
 else:
     raise ImportError(
-        f"keras_vi runs on the TensorFlow backend, but Keras is set to KERAS_BACKEND={NAME!r}. "
-        "Set KERAS_BACKEND=tensorflow (or keras.config.set_backend) before importing keras_vi."
+        f"keras_vi runs on the TensorFlow and JAX backends, but Keras is set to "
+        f"KERAS_BACKEND={NAME!r}. Set KERAS_BACKEND to 'tensorflow' or 'jax' (or call "
+        "keras.config.set_backend) before importing keras_vi."
     )
 
 __all__ = [

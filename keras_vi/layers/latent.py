@@ -178,19 +178,19 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             self._validate_kl(q, scope)
         z = estimator.sample(q, seed)
         if scope is not None:
-            scope.add_latent(
-                _scope.Site(
-                    name=self.name,
-                    q=q,
-                    z=z,
-                    prior=self.prior_distribution(q),
-                    estimator=estimator,
-                    inputs=ops.stop_gradient(inputs),
-                    seed=seed,
-                    kl=self.kl,
-                    kl_samples=self.kl_samples,
-                )
+            site = _scope.Site(
+                name=self.name,
+                q=q,
+                z=z,
+                prior=self.prior_distribution(q),
+                estimator=estimator,
+                inputs=ops.stop_gradient(inputs),
+                seed=seed,
+                kl=self.kl,
+                kl_samples=self.kl_samples,
             )
+            scope.add_latent(site)
+            z = site.z  # as watched by the step's sample tape
         elif training is True and not estimator.reparameterized and not in_symbolic_scope():
             raise ValueError(
                 f"{type(self).__name__} {self.name!r} uses estimator={estimator!r}, whose "

@@ -65,8 +65,10 @@ class SampleTape:
     def __exit__(self, *exc_info):
         return self._tape.__exit__(*exc_info)
 
-    def watch(self, z: Any) -> None:
+    def watch(self, z: Any) -> Any:
+        """Watches `z` and returns it (on JAX the returned z is the one to use)."""
         self._tape.watch(z)
+        return z
 
     def gradient(self, target, samples: list) -> list:
         with self._tape.stop_recording():
@@ -79,3 +81,14 @@ class SampleTape:
         with self._tape.stop_recording():
             connected = tf.nest.flatten(self._tape.gradient(later, earlier))
         return any(g is not None for g in connected)
+
+
+def new_sample_tape() -> SampleTape:
+    """A `SampleTape` for one forward pass and objective."""
+    return SampleTape()
+
+
+def with_sample_tape(run: Callable[[SampleTape], Any]) -> Any:
+    """`run(tape)` with a `SampleTape` open around it."""
+    with SampleTape() as tape:
+        return run(tape)

@@ -53,12 +53,14 @@ class VariationalTrainer:
         return _logs(self)
 
 
-def skip_batches(train_function, count: int, steps_per_execution: int, on_skip):
-    """`train_function`, which first consumes `count` batches without training on them.
+def skip_batches(model, count: int, on_skip):
+    """`model.train_function`, which first consumes `count` batches without training on them.
 
     For resuming an epoch interrupted mid-way (`keras_vi._fit.MidEpochResume`); `on_skip()`
     gives the logs Keras shows for a consumed batch.
     """
+    train_function = model.train_function
+    steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
     remaining = [count]
 
     def function(iterator):

@@ -1,0 +1,206 @@
+"""What the JAX backend adds: `kvi.expectation` inside `jax.grad`, data parallelism over two
+devices with `keras.distribution.DataParallel`, and `.keras` files that move between
+TensorFlow and JAX."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vi as kvi
+
+from conftest import estimator_matrix, small_vae
+
+pytestmark = pytest.mark.backends("jax")
+
+tfd = kvi.distributions
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_expectation_inside_jax_grad_with_an_integer_seed():
+    """d/d(loc, scale) E[(z - 3)^2] under N(loc, scale) is (2 (loc - 3), 2 scale) exactly."""
+    import jax
+
+    def value(params, estimator, seed):
+        loc, scale = params
+        return kvi.expectation(
+            lambda z: (z - 3.0) ** 2,
+            tfd.Normal(loc, scale),
+            estimator=estimator,
+            num_samples=4000,
+            seed=seed,
+        )
+
+    params = (1.0, 2.0)
+    exact = np.array([2 * (1.0 - 3.0), 2 * 2.0])
+    reparameterized = np.array(jax.grad(value)(params, "reparameterization", 0))
+    # Per-sample reparameterized gradients: (2 (z - 3), 2 (z - 3) eps); their standard errors.
+    z = 1.0 + 2.0 * np.random.default_rng(0).standard_normal(100_000)
+    eps = (z - 1.0) / 2.0
+    se = np.array([np.std(2 * (z - 3)), np.std(2 * (z - 3) * eps)]) / np.sqrt(4000)
+    assert np.all(np.abs(reparameterized - exact) < 4 * se), (reparameterized, exact, se)
+    # The same seed gives the same gradient; another seed another one.
+    np.testing.assert_array_equal(reparameterized, jax.grad(value)(params, "reparameterization", 0))
+    assert not np.allclose(reparameterized, jax.grad(value)(params, "reparameterization", 1))
+    # Under jit too, with the seed as a traced argument.
+    jitted = jax.jit(jax.grad(value), static_argnums=1)
+    np.testing.assert_allclose(jitted(params, "reparameterization", 0), reparameterized, rtol=1e-5)
+    score = np.array(jax.grad(value)(params, "score_function", 0))
+    score_se = np.array([np.std((z - 3) ** 2 * eps / 2.0), np.std((z - 3) ** 2 * (eps**2 - 1) / 2)])
+    assert np.all(np.abs(score - exact) < 4 * score_se / np.sqrt(4000)), (score, exact)
+
+
+def test_dreg_expectation_inside_jax_grad_is_zero_at_the_exact_posterior():
+    """With q the exact posterior every importance weight is p(x): the IWAE bound is exact
+    and its DReG gradient zero (the docstring example of `kvi.expectation`, on JAX)."""
+    import jax
+
+    x = 2.0
+
+    def log_joint(z):
+        return tfd.Normal(0.0, 1.0).log_prob(z) + tfd.Normal(z, 1.0).log_prob(x)
+
+    def bound(loc):
+        return kvi.expectation(
+            log_joint,
+            tfd.Normal(loc, 0.5**0.5),
+            estimator="dreg",
+            num_samples=16,
+            objective="iwae",
+            seed=0,
+        )
+
+    value, gradient = jax.value_and_grad(bound)(1.0)
+    assert float(value) == pytest.approx(float(tfd.Normal(0.0, 2.0**0.5).log_prob(x)), abs=1e-5)
+    assert abs(float(gradient)) < 1e-5
+    # Away from the posterior the DReG gradient points back to it.
+    assert float(jax.grad(bound)(0.0)) > 0
+
+
+def _data_parallel():
+    import jax
+
+    devices = jax.devices("cpu")
+    assert len(devices) == 2, "conftest asks XLA for two CPU devices"
+    return keras.distribution.DataParallel(devices=devices)
+
+
+def _deterministic_vae(seed=0):
+    """Normal q of scale 1e-6: the loss is deterministic, so both runs must agree."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((20,))
+    h = keras.layers.Dense(16, activation="tanh")(inputs)
+    z = kvi.layers.NormalLatent(3, name="z")(keras.layers.Dense(6, bias_initializer="zeros")(h))
+    logits = keras.layers.Dense(20)(z)
+    return kvi.VariationalModel(inputs, logits, likelihood="bernoulli")
+
+
+def test_data_parallel_matches_one_device(binary_data):
+    single = _deterministic_vae()
+    weights = single.get_weights()
+    single.compile(optimizer=keras.optimizers.SGD(0.1))
+    expected = single.fit(binary_data, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    keras.distribution.set_distribution(_data_parallel())
+    try:
+        parallel = _deterministic_vae()
+        parallel.set_weights(weights)
+        parallel.compile(optimizer=keras.optimizers.SGD(0.1))
+        history = parallel.fit(binary_data, epochs=2, batch_size=64, shuffle=False, verbose=0)
+        evaluated = parallel.evaluate(binary_data, batch_size=64, verbose=0, return_dict=True)
+    finally:
+        keras.distribution.set_distribution(None)
+    # The same per-example bound (not scaled by the device count), the same weights.
+    np.testing.assert_allclose(
+        history.history["loss"], expected.history["loss"], rtol=2e-2, atol=0.0
+    )
+    for a, b in zip(single.get_weights(), parallel.get_weights()):
+        np.testing.assert_allclose(a, b, atol=5e-3)
+    reference = single.evaluate(binary_data, batch_size=64, verbose=0, return_dict=True)
+    assert evaluated["loss"] == pytest.approx(reference["loss"], rel=2e-2)
+
+
+CASES = estimator_matrix()
+
+
+@pytest.mark.parametrize("name,make_latent,width,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_data_parallel_trains_every_estimator(binary_data, name, make_latent, width, kwargs):
+    keras.distribution.set_distribution(_data_parallel())
+    try:
+        model = small_vae(latent=make_latent(), params_width=width, **kwargs)
+        model.compile(optimizer=keras.optimizers.Adam(0.01))
+        history = model.fit(binary_data[:128], epochs=3, batch_size=32, verbose=0).history
+    finally:
+        keras.distribution.set_distribution(None)
+    assert all(np.isfinite(history["loss"]))
+    assert history["loss"][-1] < history["loss"][0]
+
+
+_SAVE_AND_DESCRIBE = """
+import json, os, sys
+import keras, numpy as np
+import keras_vi as kvi
+sys.path.insert(0, {tests!r})
+from conftest import small_vae
+keras.utils.set_random_seed(0)
+latent = kvi.layers.BernoulliLatent(6, name="z")  # a moving-average baseline: state to keep
+model = small_vae(latent=latent, params_width=6, kl_weight=kvi.schedules.Linear(50))
+model.compile(optimizer=keras.optimizers.Adam(0.01))
+x = (np.random.default_rng(0).random((128, 20)) < 0.5).astype("float32")
+model.fit(x, epochs=2, batch_size=32, verbose=0)
+model.save({path!r})
+print(json.dumps(dict(
+    weights=[w.tolist() for w in model.get_weights()],
+    kl_weight=float(keras.ops.convert_to_numpy(model.kl_weight)),
+    baseline=[float(keras.ops.convert_to_numpy(v)) for v in latent.baseline.variables],
+)))
+"""
+
+_LOAD_DESCRIBE_AND_TRAIN = """
+import json, sys
+import keras, numpy as np
+import keras_vi as kvi
+sys.path.insert(0, {tests!r})
+import conftest  # registers what the saved model names
+model = keras.saving.load_model({path!r})
+latent = model.get_layer("z")
+description = dict(
+    backend=keras.backend.backend(),
+    weights=[w.tolist() for w in model.get_weights()],
+    kl_weight=float(keras.ops.convert_to_numpy(model.kl_weight)),
+    baseline=[float(keras.ops.convert_to_numpy(v)) for v in latent.baseline.variables],
+)
+x = (np.random.default_rng(1).random((64, 20)) < 0.5).astype("float32")
+description["loss_after"] = model.fit(x, epochs=1, batch_size=32, verbose=0).history["loss"][-1]
+print(json.dumps(description))
+"""
+
+
+def _run(code: str, backend: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("saved_on,loaded_on", [("tensorflow", "jax"), ("jax", "tensorflow")])
+def test_keras_files_move_between_backends(tmp_path, saved_on, loaded_on):
+    """The same weights, KL weight (a schedule's current value) and baseline state, and the
+    loaded model trains on."""
+    path = str(tmp_path / "vae.keras")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    saved = _run(_SAVE_AND_DESCRIBE.format(tests=tests, path=path), saved_on)
+    loaded = _run(_LOAD_DESCRIBE_AND_TRAIN.format(tests=tests, path=path), loaded_on)
+    assert loaded["backend"] == loaded_on
+    assert len(loaded["weights"]) == len(saved["weights"])
+    for a, b in zip(saved["weights"], loaded["weights"]):
+        np.testing.assert_array_equal(np.asarray(a, "float32"), np.asarray(b, "float32"))
+    assert loaded["kl_weight"] == saved["kl_weight"] and 0.0 < saved["kl_weight"] < 1.0
+    assert loaded["baseline"] == saved["baseline"] and saved["baseline"][0] != 0.0
+    assert np.isfinite(loaded["loss_after"])
