@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,8 +8,14 @@ export KERAS_BACKEND := tensorflow
 
 .PHONY: demo test matrix lint format bench clean
 
-# Other stacks the suite runs on (constraints/<name>.txt): the minimum pins and Kaggle's image.
-MATRIX := minimum kaggle
+comma := ,
+
+# The Keras backends `make test` runs the suite on, side by side (tests are mostly
+# single-threaded), each into .test-<backend>.log, printed at the end.
+BACKENDS := tensorflow jax
+# Other stacks (constraints/<name>.txt), each with the backend its suite runs on: the minimum
+# pins and Kaggle's image on TensorFlow, the oldest JAX keras_vi claims on JAX.
+MATRIX := minimum:tensorflow kaggle:tensorflow minimum-jax:jax
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,29 +39,37 @@ format: $(VENV)/.test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Runs the commands "<log name> <venv> <backend>" given on standard input side by side, two at
+# a time (the CI machine has two cores), and prints each log at the end.
+define SUITES
+	status=0; pids=""; names=""; running=0; \
+	while read name venv backend; do \
+		( $$venv/bin/python -m pip list --format=freeze 2>/dev/null \
+		    | grep -iE "^(tensorflow|keras|tensorflow-probability|jax)==" | tr '\n' ' '; echo; \
+		  KERAS_BACKEND=$$backend $$venv/bin/python -m pytest -q tests ) > .suite-$$name.log 2>&1 & \
+		pids="$$pids $$!"; names="$$names $$name"; running=$$((running + 1)); \
+		if [ $$running -ge 2 ]; then wait -n || status=1; running=$$((running - 1)); fi; \
+	done; \
+	while [ $$running -gt 0 ]; do wait -n || status=1; running=$$((running - 1)); done; \
+	for name in $$names; do echo "== $$name"; cat .suite-$$name.log; done; \
+	exit $$status
+endef
+
 test: lint
-	$(BIN)/python -m pytest -q tests
+	@printf '%s\n' $(foreach backend,$(BACKENDS),"$(backend) $(VENV) $(backend)") | { $(SUITES); }
 
 .venv-%/.test: constraints/%.txt pyproject.toml
 	$(PYTHON) -m venv .venv-$*
-	.venv-$*/bin/python -m pip --disable-pip-version-check -q install -c $< -e ".[test]"
+	.venv-$*/bin/python -m pip --disable-pip-version-check -q install -c $< \
+		-e ".[test$(if $(findstring jax,$*),$(comma)jax)]"
 	touch $@
 
 # The full suite on every stack of MATRIX, each in its own venv (installed one after another).
-# The suites run side by side (their tests are mostly single-threaded), each into
-# .matrix-<stack>.log, printed at the end.
-matrix: $(foreach stack,$(MATRIX),.venv-$(stack)/.test)
-	@pids=""; for stack in $(MATRIX); do \
-		( .venv-$$stack/bin/python -c 'import keras, tensorflow as tf, tensorflow_probability as tfp; print("TensorFlow", tf.__version__, "Keras", keras.__version__, "TFP", tfp.__version__)' \
-		  && .venv-$$stack/bin/python -m pytest -q tests ) > .matrix-$$stack.log 2>&1 & \
-		pids="$$pids $$!"; \
-	done; \
-	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
-	for stack in $(MATRIX); do echo "== $$stack"; cat .matrix-$$stack.log; done; \
-	exit $$status
+matrix: $(foreach entry,$(MATRIX),.venv-$(firstword $(subst :, ,$(entry)))/.test)
+	@printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry)))") | { $(SUITES); }
 
 bench: $(VENV)/.examples
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-* runs build *.egg-info
+	rm -rf $(VENV) .venv-* runs build *.egg-info .suite-*.log

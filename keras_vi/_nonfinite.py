@@ -90,7 +90,9 @@ def record(model, ok, flags) -> None:
 
 
 def consecutive_skips(model) -> int:
-    return int(keras.ops.convert_to_numpy(model._consecutive_skips))
+    from keras_vi.backend import trainer
+
+    return int(keras.ops.convert_to_numpy(trainer.current_value(model, model._consecutive_skips)))
 
 
 def message(model, limit: int) -> str:

@@ -148,18 +148,48 @@ def test_dataset_size_uses_the_batch_size_of_unbatched_spec():
 
 @pytest.mark.backends("jax")
 def test_jax_tables_tfp_reads_in_place():
-    """The JAX tables TFP 0.25 registers its variable type in, where keras_vi points TFP's
-    names at them (backend/jax/__init__.py)."""
+    """The JAX tables TFP registers its variable type in, under the names TFP reads: each
+    one JAX's own name, or keras_vi's pointer to the table (backend/jax/__init__.py)."""
     import warnings
 
     import jax
     import jax.interpreters.xla as xla
-    from jax._src import core, dtypes
+    from jax._src import core
 
     assert isinstance(core.pytype_aval_mappings, dict)
-    assert isinstance(dtypes.canonicalize_value_handlers, dict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        assert xla.pytype_aval_mappings is core.pytype_aval_mappings
-        assert jax.core.pytype_aval_mappings is core.pytype_aval_mappings
-        assert isinstance(xla.canonicalize_dtype_handlers, dict)
+        tables = (
+            xla.pytype_aval_mappings,
+            jax.core.pytype_aval_mappings,
+            xla.canonicalize_dtype_handlers,
+        )
+    assert all(hasattr(table, "__setitem__") for table in tables)
+
+
+@pytest.mark.backends("jax")
+def test_private_keras_jax_fit_state_in_place(binary_data):
+    """Keras's JAX fit keeps the live state in `model._jax_state` mid-epoch, where
+    `backend/jax/trainer.current_value` reads the skip counter from it."""
+    from keras_vi.backend import trainer
+
+    from conftest import small_vae
+
+    seen = []
+
+    class Look(keras.callbacks.Callback):
+        def set_model(self, model):
+            super().set_model(model)
+            self._trained = model
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                model = self._trained
+                seen.append((model._jax_state_synced, isinstance(model._jax_state, dict)))
+                value = trainer.current_value(model, model._consecutive_skips)
+                seen.append(int(keras.ops.convert_to_numpy(value)))
+
+    model = small_vae()
+    model.compile(optimizer="adam")
+    model.fit(binary_data[:64], batch_size=16, epochs=1, verbose=0, callbacks=[Look()])
+    assert seen == [(False, True), 0]

@@ -1,4 +1,8 @@
-"""tf.distribute on two logical CPU devices and across two worker processes; mixed precision."""
+"""tf.distribute on two logical CPU devices and across two worker processes; mixed precision.
+
+`tf.distribute` is TensorFlow's by nature: these tests run on TensorFlow only (the JAX
+backend's data parallelism is tested in test_jax_backend.py). Mixed precision runs on both.
+"""
 
 import json
 import math
@@ -16,6 +20,8 @@ import tensorflow_probability as tfp
 import keras_vi as kvi
 
 from conftest import estimator_matrix, small_vae
+
+pytestmark = pytest.mark.backends("tensorflow")
 
 tfd = tfp.distributions
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -159,6 +165,7 @@ def test_multi_worker_training_two_processes(tmp_path):
         np.testing.assert_allclose(first[key], second[key], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.backends("tensorflow", "jax")
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(binary_data, policy):
     keras.mixed_precision.set_global_policy(policy)
@@ -168,13 +175,14 @@ def test_mixed_precision(binary_data, policy):
         history = model.fit(binary_data, epochs=4, batch_size=64, verbose=0).history
         out = model.compute_objective(binary_data[:8], binary_data[:8], training=False)
         latent = model.get_layer("z")
-        z = latent(tf.zeros([2, 8]))
+        z = latent(np.zeros([2, 8], "float32"))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert all(math.isfinite(v) for v in history["loss"])
     assert history["loss"][-1] < history["loss"][0]
     # Activations in half precision, distribution maths and the objective in float32.
-    assert z.dtype == keras.mixed_precision.Policy(policy).compute_dtype
-    assert out["elbo"].dtype == tf.float32 and out["y_pred"].dtype != tf.float32
+    dtype = keras.backend.standardize_dtype
+    assert dtype(z.dtype) == keras.mixed_precision.Policy(policy).compute_dtype
+    assert dtype(out["elbo"].dtype) == "float32" and dtype(out["y_pred"].dtype) != "float32"
     if policy == "mixed_float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

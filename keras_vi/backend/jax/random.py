@@ -24,11 +24,13 @@ def draw_seed(generator) -> jax.Array:
         return jnp.array([generator & 0xFFFFFFFF, 0], dtype=jnp.uint32)
     if not isinstance(generator, keras.random.SeedGenerator):
         seed = jnp.asarray(generator)
-        if seed.shape != (2,) or not jnp.issubdtype(seed.dtype, jnp.integer):
+        if seed.shape not in ((), (2,)) or not jnp.issubdtype(seed.dtype, jnp.integer):
             raise ValueError(
-                "`seed` must be None, an int, an integer array of shape [2] or a "
+                "`seed` must be None, an int, an integer array of shape [] or [2] or a "
                 f"keras.random.SeedGenerator; got {generator!r}."
             )
+        if seed.shape == ():  # an int traced by jax.jit: as the int itself
+            return jnp.stack([seed.astype(jnp.uint32), jnp.zeros((), jnp.uint32)])
         return seed.astype(jnp.uint32)
     return jnp.asarray(generator.next()).astype(jnp.uint32)
 

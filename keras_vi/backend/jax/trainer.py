@@ -73,12 +73,10 @@ class VariationalTrainer:
                 optimizer_values, grads, trainable
             )
         else:
-            # A branch, not a select of old and new values: selecting reads and writes every
-            # weight and optimizer slot once more (a third of a VAE step on CPU).
-            new_trainable, new_optimizer = jax.lax.cond(
+            new_trainable, new_optimizer = _apply_if(
                 ok,
                 lambda: self.optimizer.stateless_apply(optimizer_values, grads, trainable),
-                lambda: (list(trainable), list(optimizer_values)),
+                (list(trainable), list(optimizer_values)),
             )
         restored = {id(v) for v in self._step_state()}
         new_non_trainable = [
@@ -155,6 +153,25 @@ def skip_batches(model, count: int, on_skip):
     return function
 
 
+def current_value(model, variable):
+    """`variable`'s value now, also in the middle of a JAX `fit` epoch.
+
+    Keras's JAX `fit` keeps the live state in `model._jax_state` while an epoch runs (a
+    private attribute) and copies it back to the variables only when asked (accessing
+    `callback.model` does, at the cost of every variable's copy and a wait for the step).
+    Reading one value from it is one scalar transfer. `tests/test_architecture.py` fails if
+    Keras renames it.
+    """
+    state = getattr(model, "_jax_state", None)
+    if state and not getattr(model, "_jax_state_synced", True):
+        values = state.get("non_trainable_variables")
+        if values:
+            for candidate, value in zip(model.non_trainable_variables, values):
+                if candidate is variable:
+                    return value
+    return variable.value
+
+
 def _reported(out: dict) -> dict:
     """The entries of `compute_objective`'s dict that the step reads after the gradient
     (arrays or None: what `jax.value_and_grad` can hand back as auxiliary output)."""
@@ -180,6 +197,16 @@ def _values(scope, variables, previous) -> list:
         new = scope.get_current_value(variable)
         values.append(old if new is None else new)
     return values
+
+
+def _apply_if(ok, apply, current):
+    """`apply()` where `ok`, else `current` (the same structure of arrays).
+
+    A select, which XLA fuses into the update itself (the compiled step has the same
+    operations as one without the check). A branch (`lax.cond`) copies every weight and
+    optimizer slot out of the skipped branch, and on GPUs reads its predicate on the host.
+    """
+    return _where(ok, apply(), current)
 
 
 def _where(ok, new, old):

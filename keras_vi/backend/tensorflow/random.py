@@ -25,11 +25,13 @@ def draw_seed(generator) -> tf.Tensor:
         return tf.constant([generator, 0], dtype=tf.int32)
     if not isinstance(generator, keras.random.SeedGenerator):
         seed = tf.convert_to_tensor(generator)
-        if seed.shape != (2,) or not seed.dtype.is_integer:
+        if seed.shape not in ((), (2,)) or not seed.dtype.is_integer:
             raise ValueError(
-                "`seed` must be None, an int, an integer tensor of shape [2] or a "
+                "`seed` must be None, an int, an integer tensor of shape [] or [2] or a "
                 f"keras.random.SeedGenerator; got {generator!r}."
             )
+        if seed.shape == ():  # an int as a tensor (a tf.function argument): as the int
+            return tf.stack([tf.cast(seed, tf.int32), 0])
         return tf.cast(seed, tf.int32)
     seed = tf.cast(generator.next(), tf.int32)
     replica_context = tf.distribute.get_replica_context()
