@@ -7,13 +7,17 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
 import keras_vi as kvi
 from keras_vi import _scope
 
-tfd = tfp.distributions
+from backend_utils import gradients
+
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
+tfd = kvi.distributions
+JAX = keras.backend.backend() == "jax"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 L = kvi.layers
@@ -48,6 +52,37 @@ def _posterior_numpy(layer, name):
     return np.asarray(loc, np.float64), _softplus(np.asarray(raw, np.float64)) + 1e-6
 
 
+def _numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def _draws(layer, fn, x, draws):
+    """`fn(layer(x))` for `draws` calls of the layer, compiled, stacked as a NumPy array."""
+    layer(x)  # build
+    if not JAX:
+        import tensorflow as tf
+
+        step = tf.function(lambda inputs: fn(layer(inputs)))
+        return np.stack([step(x).numpy() for _ in range(draws)])
+    import jax
+
+    # JAX compiles pure functions: the layer's seed state goes in and out explicitly.
+    trainable = [v.value for v in layer.trainable_variables]
+
+    @jax.jit
+    def step(non_trainable, inputs):
+        outputs, non_trainable = layer.stateless_call(trainable, non_trainable, inputs)
+        return fn(outputs), non_trainable
+
+    state, samples = [v.value for v in layer.non_trainable_variables], []
+    for _ in range(draws):
+        sample, state = step(state, x)
+        samples.append(np.asarray(sample))
+    for variable, value in zip(layer.non_trainable_variables, state):
+        variable.assign(value)
+    return np.stack(samples)
+
+
 def _normal_kl_numpy(mu, sigma, prior_loc, prior_scale):
     return np.sum(
         np.log(prior_scale / sigma)
@@ -58,9 +93,7 @@ def _normal_kl_numpy(mu, sigma, prior_loc, prior_scale):
 
 # --------------------------------------------------------------------------- noise statistics
 def _batch_mean_draws(layer, x, draws):
-    layer(x)  # build
-    step = tf.function(lambda inputs: tf.reduce_mean(layer(inputs), axis=0))
-    return np.stack([step(x).numpy() for _ in range(draws)])
+    return _draws(layer, lambda outputs: ops.mean(outputs, axis=0), x, draws)
 
 
 @pytest.mark.parametrize("family", ["dense", "conv"])
@@ -87,8 +120,7 @@ def test_dense_output_has_the_exact_marginal_variance(cls):
     x = _input(cls, batch=2)
     layer(x)
     _randomize_posterior(layer)
-    step = tf.function(lambda inputs: layer(inputs)[0])
-    samples = np.stack([step(x).numpy() for _ in range(draws)])
+    samples = _draws(layer, lambda outputs: outputs[0], x, draws)
     _, kernel_scale = _posterior_numpy(layer, "kernel")
     bias_loc, bias_scale = _posterior_numpy(layer, "bias")
     kernel_loc, _ = _posterior_numpy(layer, "kernel")
@@ -105,13 +137,13 @@ def test_reparameterization_draws_one_weight_sample_per_tiled_copy(cls):
     x = np.repeat(_input(cls, batch=1), 4, axis=0)
     layer(x)
     with _scope.recording(_scope.StepScope(num_samples=2)):
-        out = layer(x).numpy()  # rows 0-1: copy 0, rows 2-3: copy 1 (k-major tiling)
+        out = _numpy(layer(x))  # rows 0-1: copy 0, rows 2-3: copy 1 (k-major tiling)
     np.testing.assert_allclose(out[0], out[1])
     np.testing.assert_allclose(out[2], out[3])
     assert np.abs(out[0] - out[2]).max() > 1e-3
-    assert np.abs(np.diff(layer(x).numpy(), axis=0)).max() == 0  # outside: one sample
+    assert np.abs(np.diff(_numpy(layer(x)), axis=0)).max() == 0  # outside: one sample
     flipout = _make(L.DenseFlipout if cls in DENSE else L.Conv2DFlipout, posterior_scale_init=0.5)
-    assert np.abs(np.diff(flipout(x).numpy(), axis=0)).max() > 1e-3  # every row its own noise
+    assert np.abs(np.diff(_numpy(flipout(x)), axis=0)).max() > 1e-3  # every row its own noise
 
 
 # --------------------------------------------------------------------------------------- KL
@@ -161,14 +193,13 @@ def test_learnable_prior_is_trained_by_the_kl_towards_type_two_maximum_likelihoo
     optimum = math.sqrt(np.mean(mu**2 + sigma**2))
     raw_scale = next(w for w in layer.trainable_weights if "prior_raw_scale" in w.path)
     assert not any("prior_loc" in w.path for w in layer.trainable_weights)  # learn_loc=False
-    gradients = []
+    slopes = []
     for scale in (0.5 * optimum, optimum, 2.0 * optimum):
         raw_scale.assign(scale + math.log(-math.expm1(-scale)))  # softplus^-1
-        with tf.GradientTape() as tape:
-            kl = layer.kl_divergence()
-        gradients.append(float(tape.gradient(kl, raw_scale)))
-    assert gradients[0] < 0 < gradients[2]
-    assert abs(gradients[1]) < 1e-3 * abs(gradients[0])
+        (slope,) = gradients(layer.kl_divergence, [raw_scale])
+        slopes.append(float(slope))
+    assert slopes[0] < 0 < slopes[2]
+    assert abs(slopes[1]) < 1e-3 * abs(slopes[0])
 
 
 def _scale_mixture_reference(mu, sigma, pi, s1, s2, n=200_000, seed=0):
@@ -190,6 +221,17 @@ def _scale_mixture_reference(mu, sigma, pi, s1, s2, n=200_000, seed=0):
     return total, math.sqrt(variance)
 
 
+def _compiled(fn):
+    """`fn` traced once and compiled (the variables it reads do not change meanwhile)."""
+    if JAX:
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn)
+
+
 def test_scale_mixture_monte_carlo_kl_is_unbiased():
     pi, s1, s2 = 0.5, 1.0, 0.05
     layer = L.DenseLocalReparameterization(
@@ -202,9 +244,9 @@ def test_scale_mixture_monte_carlo_kl_is_unbiased():
         value, se = _scale_mixture_reference(*_posterior_numpy(layer, name), pi, s1, s2)
         reference += value
         reference_se = math.hypot(reference_se, se)
-    estimate = tf.function(lambda seed: layer.weight_kl(seed))
+    estimate = _compiled(layer.weight_kl)
     # Each estimate averages kl_samples=20 draws (the log-ratio is heavy-tailed).
-    draws = np.array([float(estimate(tf.constant([i, 17]))) for i in range(1000)])
+    draws = np.array([float(estimate(np.array([i, 17], "int32"))) for i in range(1000)])
     se = math.hypot(draws.std(ddof=1) / math.sqrt(len(draws)), reference_se)
     assert abs(draws.mean() - reference) < 4 * se, (draws.mean(), reference, se)
     assert draws.std() > 0.1  # really a Monte Carlo estimate, not a constant
@@ -249,6 +291,8 @@ def test_variational_model_adds_weight_kl_over_n_times_kl_weight(regression_data
 
 
 def test_fit_infers_num_examples_or_asks_for_it(regression_data):
+    import tensorflow as tf  # tf.data, which Keras takes on every backend
+
     x, y = regression_data
     inputs = keras.Input((4,))
     model = kvi.VariationalModel(inputs, L.DenseFlipout(1)(inputs), likelihood="normal")
@@ -319,7 +363,7 @@ def test_all_layers_save_and_load(all_layers_model, tmp_path):
             assert other.get_config() == layer.get_config()
             other.seed_generator.state.assign(layer.seed_generator.state)
     # Same weights and same noise state: identical stochastic outputs.
-    np.testing.assert_allclose(loaded(x[:4]).numpy(), model(x[:4]).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_numpy(loaded(x[:4])), _numpy(model(x[:4])), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_weight_kl_sum(loaded), _weight_kl_sum(model), rtol=1e-5)
     assert loaded.likelihood == "categorical"
 
@@ -363,7 +407,7 @@ def test_sequential_model_adds_kl_over_n_through_add_loss_in_train_and_validatio
     model(images)
     assert len(model.losses) == len(layers) == 5
     kl = sum(float(layer.kl_divergence()) for layer in layers) / N_TRAIN
-    np.testing.assert_allclose(float(tf.add_n(model.losses)), kl, rtol=1e-5)
+    np.testing.assert_allclose(sum(float(loss) for loss in model.losses), kl, rtol=1e-5)
     model.compile(optimizer="adam", loss="mse", metrics=["mse"])
     history = model.fit(images, y, batch_size=32, epochs=1, validation_data=(images, y), verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -378,9 +422,9 @@ def test_sequential_model_adds_kl_over_n_through_add_loss_in_train_and_validatio
 @pytest.mark.parametrize("cls", DENSE + CONV, ids=lambda c: c.__name__)
 def test_mixed_precision_outputs_float16_with_float32_weights_and_kl(cls):
     layer = _make(cls, dtype="mixed_float16", prior=kvi.priors.LearnableNormal())
-    assert layer(_input(cls)).dtype == tf.float16
+    assert keras.backend.standardize_dtype(layer(_input(cls)).dtype) == "float16"
     assert all(w.dtype == "float32" for w in layer.weights if "seed" not in w.path)
-    assert layer.kl_divergence().dtype == tf.float32
+    assert keras.backend.standardize_dtype(layer.kl_divergence().dtype) == "float32"
 
 
 def test_raw_distribution_prior_is_accepted_but_not_serializable():
@@ -422,7 +466,7 @@ def test_bad_arguments_raise_clear_errors(make, match):
 def test_bad_priors_and_inputs_raise_at_build_or_call():
     x = np.ones((2, 4), "float32")
     with pytest.raises(ValueError, match="event shape"):
-        L.DenseFlipout(2, prior=tfd.Normal(tf.zeros([5]), 1.0))(x)
+        L.DenseFlipout(2, prior=tfd.Normal(np.zeros(5, "float32"), 1.0))(x)
     with pytest.raises(ValueError, match="float32"):
         L.DenseFlipout(2, prior=tfd.Normal(np.float64(0.0), np.float64(1.0)))(x)
     with pytest.raises(ValueError, match="rank|height"):
@@ -457,7 +501,7 @@ def test_predictive_mean_std_with_a_likelihood_uses_the_law_of_total_variance():
     rng = np.random.default_rng(0)
     samples = rng.normal(size=(50, 7, 2)).astype("float32")
     mean, std = kvi.predictive_mean_std(
-        samples, lambda out: tfd.Normal(out[..., :1], tf.nn.softplus(out[..., 1:]))
+        samples, lambda out: tfd.Normal(out[..., :1], ops.softplus(out[..., 1:]))
     )
     loc, scale = samples[..., :1], _softplus(samples[..., 1:].astype(np.float64))
     np.testing.assert_allclose(mean, loc.mean(axis=0), rtol=1e-5)
@@ -487,7 +531,7 @@ def test_mnist_example_smoke():
         num_train=1000,
         hidden=32,
         num_samples=5,
-        jit_compile=False,
+        jit_compile=JAX,  # compiled steps on JAX, where eager ones are slow; graph steps on TF
         verbose=0,
     )
     assert summary["test_accuracy"] > 0.5  # chance is 0.1

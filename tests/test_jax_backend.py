@@ -204,3 +204,19 @@ def test_keras_files_move_between_backends(tmp_path, saved_on, loaded_on):
     assert loaded["kl_weight"] == saved["kl_weight"] and 0.0 < saved["kl_weight"] < 1.0
     assert loaded["baseline"] == saved["baseline"] and saved["baseline"][0] != 0.0
     assert np.isfinite(loaded["loss_after"])
+
+
+def test_a_failed_fit_leaves_a_working_model(binary_data):
+    """Keras's JAX fit detaches the variables while it runs; a step refused while it is
+    traced must not leave a model that cannot predict or train any more."""
+    model = small_vae()
+    model.compile(optimizer="adam")
+    model.fit(binary_data[:64], batch_size=32, epochs=1, verbose=0)
+    weights = [np.array(w) for w in model.trainable_weights]
+    with pytest.raises(ValueError):
+        model.fit(np.zeros((32, 21), "float32"), epochs=1, verbose=0, validate_data=False)
+    for before, after in zip(weights, model.trainable_weights):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+    assert model.predict(binary_data[:2], verbose=0).shape == (2, 20)
+    history = model.fit(binary_data[:64], batch_size=32, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])

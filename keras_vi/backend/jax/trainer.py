@@ -11,6 +11,8 @@ optimizer and baseline state (`jnp.where` on the flag, as Optax's `apply_if_fini
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -112,6 +114,18 @@ class VariationalTrainer:
         new_metrics = _values(scope, self.metrics_variables, metric_values)
         return logs, (trainable, new_non_trainable, new_metrics)
 
+    def fit(self, *args, **kwargs):
+        with _values_kept(self):
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _values_kept(self):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with _values_kept(self):
+            return super().predict(*args, **kwargs)
+
     def predict_step(self, state, data):
         # Through `__call__`, not `call` as Keras's own JAX predict step does, so that
         # `prediction="mean"` applies to `predict` as on TensorFlow.
@@ -151,6 +165,29 @@ def skip_batches(model, count: int, on_skip):
         return train_function(state, iterator)
 
     return function
+
+
+@contextlib.contextmanager
+def _values_kept(model):
+    """Gives the variables their values back when `fit`, `evaluate` or `predict` fails.
+
+    Keras's JAX loops detach every variable from its value while they run and reattach them
+    at the end; a step that fails (while it is traced: a shape error, a refused input) skips
+    the reattachment, leaving a model that cannot even predict. Keeping references to the
+    arrays costs nothing (they are not copied).
+    """
+    variables = list(model.variables) + list(model.metrics_variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    kept = [(variable, variable.value) for variable in variables]
+    try:
+        yield
+    except BaseException:
+        for variable, value in kept:
+            if getattr(variable, "_value", value) is None:  # detached by Keras
+                variable.assign(value)
+        raise
 
 
 def current_value(model, variable):
