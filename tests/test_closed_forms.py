@@ -8,36 +8,49 @@ within 10%.
 
 import math
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
 
 import keras_vi as kvi
 
-tfd = tfp.distributions
+from backend_utils import gradients
+
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
+tfd = kvi.distributions
 
 M = 200_000  # independent single-sample estimates per check
+numpy = keras.ops.convert_to_numpy
+
+
+def estimates(fn, q, params, estimator, seed, warmup=0):
+    """M single-sample gradient estimates of E_q[fn] for each of `params` (float64 arrays).
+
+    Each warm-up call runs the estimator once without a gradient, with its own seed, so that
+    a moving-average baseline starts from the batch mean of f.
+    """
+    for step in range(warmup):
+        kvi.expectation(fn, q(), estimator=estimator, seed=np.array([seed, step + 1], "int32"))
+
+    def value():
+        seed_tensor = np.array([seed, warmup + 1], "int32")
+        return kvi.expectation(fn, q(), estimator=estimator, seed=seed_tensor)
+
+    return [g.astype(np.float64) * M for g in gradients(value, params)]
 
 
 def gaussian_estimates(estimator, mu=1.0, sigma=1.0, k=2.0, warmup=0):
-    loc = tf.Variable(tf.fill([M], mu))
-    scale = tf.Variable(tf.fill([M], sigma))
-    seed = tf.Variable([17, 0], dtype=tf.int32)
-
-    @tf.function
-    def estimate():
-        seed.assign_add([0, 1])
-        with tf.GradientTape() as tape:
-            value = kvi.expectation(
-                lambda x: (x - k) ** 2, tfd.Normal(loc, scale), estimator=estimator, seed=seed
-            )
-        grads = tape.gradient(value, [loc, scale])
-        return [g * M for g in grads]
-
-    for _ in range(warmup):
-        estimate()
-    return [g.numpy().astype(np.float64) for g in estimate()]
+    loc = keras.Variable(np.full([M], mu, "float32"))
+    scale = keras.Variable(np.full([M], sigma, "float32"))
+    return estimates(
+        lambda x: (x - k) ** 2,
+        lambda: tfd.Normal(loc, scale),
+        [loc, scale],
+        estimator,
+        seed=17,
+        warmup=warmup,
+    )
 
 
 def assert_mean_within_4se(samples, truth):
@@ -88,24 +101,16 @@ THETA, T = 0.3, 0.45
 
 
 def bernoulli_estimates(estimator, warmup=0):
-    theta = tf.Variable(tf.fill([M], THETA))
-    seed = tf.Variable([5, 0], dtype=tf.int32)
-
-    @tf.function
-    def estimate():
-        seed.assign_add([0, 1])
-        with tf.GradientTape() as tape:
-            value = kvi.expectation(
-                lambda b: (tf.cast(b, tf.float32) - T) ** 2,
-                tfd.Bernoulli(probs=theta),
-                estimator=estimator,
-                seed=seed,
-            )
-        return tape.gradient(value, theta) * M
-
-    for _ in range(warmup):
-        estimate()
-    return estimate().numpy().astype(np.float64)
+    theta = keras.Variable(np.full([M], THETA, "float32"))
+    [grads] = estimates(
+        lambda b: (keras.ops.cast(b, "float32") - T) ** 2,
+        lambda: tfd.Bernoulli(probs=theta),
+        [theta],
+        estimator,
+        seed=5,
+        warmup=warmup,
+    )
+    return grads
 
 
 def test_bernoulli_toy_score_function():
@@ -136,7 +141,6 @@ def test_auto_estimator_choice():
 # ----------------------------------------------------------------- the conjugate model
 def conjugate_model(delta=0.0, kl="auto", **kwargs):
     """p(z) = N(0, 1), p(x|z) = N(z, 1); q(z|x) = N(x/2 + delta, 1/2)."""
-    import keras
 
     def posterior(x):
         return tfd.Independent(tfd.Normal(x / 2.0 + delta, math.sqrt(0.5)), 1)
@@ -149,14 +153,14 @@ def conjugate_model(delta=0.0, kl="auto", **kwargs):
 
 
 X = np.linspace(-2.0, 2.0, 50, dtype="float32")[:, None]
-LOG_PX = tfd.Normal(0.0, math.sqrt(2.0)).log_prob(X[:, 0]).numpy()
+LOG_PX = numpy(tfd.Normal(0.0, math.sqrt(2.0)).log_prob(X[:, 0]))
 
 
 def test_conjugate_elbo_equals_log_evidence_with_mc_kl():
     model = conjugate_model(kl="mc")
     result = model.evaluate(X, batch_size=50, verbose=0, return_dict=True)
     assert result["elbo"] == pytest.approx(LOG_PX.mean(), abs=1e-5)
-    per_example = model.compute_objective(X, X, training=False)["bound"].numpy()
+    per_example = numpy(model.compute_objective(X, X, training=False)["bound"])
     np.testing.assert_allclose(per_example, LOG_PX, atol=1e-5)
 
 
@@ -164,7 +168,7 @@ def test_conjugate_elbo_equals_log_evidence_with_analytic_kl():
     # With a closed-form KL only E_q log p(x|z) is sampled: average K draws, 4 SE.
     model = conjugate_model(kl="analytic", num_samples=2000)
     out = model.compute_objective(X, X, training=False)
-    per_sample = out["signals"].per_sample.numpy()  # [K, B]
+    per_sample = numpy(out["signals"].per_sample)  # [K, B]
     gap = per_sample - LOG_PX[None, :]
     se = float(gap.std(ddof=1)) / math.sqrt(gap.size)
     assert abs(gap.mean()) < 4 * se
@@ -174,7 +178,7 @@ def test_conjugate_elbo_equals_log_evidence_with_analytic_kl():
 @pytest.mark.parametrize("delta", [0.5, 1.0])
 def test_shifting_q_lowers_elbo_by_delta_squared(delta):
     model = conjugate_model(delta=delta, kl="analytic", num_samples=2000)
-    per_sample = model.compute_objective(X, X, training=False)["signals"].per_sample.numpy()
+    per_sample = numpy(model.compute_objective(X, X, training=False)["signals"].per_sample)
     gap = per_sample - LOG_PX[None, :]
     se = float(gap.std(ddof=1)) / math.sqrt(gap.size)
     assert abs(gap.mean() + delta**2) < 4 * se
@@ -185,8 +189,8 @@ def test_iwae_lies_between_elbo_and_log_evidence():
     elbo = conjugate_model(delta=delta, kl="mc", num_samples=1)
     iwae = conjugate_model(delta=delta, num_samples=16, objective="iwae")
     xs = np.repeat(X, 40, axis=0)
-    elbo_value = float(elbo.compute_objective(xs, xs, training=False)["bound"].numpy().mean())
-    iwae_value = float(iwae.compute_objective(xs, xs, training=False)["bound"].numpy().mean())
+    elbo_value = float(numpy(elbo.compute_objective(xs, xs, training=False)["bound"]).mean())
+    iwae_value = float(numpy(iwae.compute_objective(xs, xs, training=False)["bound"]).mean())
     log_px = float(np.repeat(LOG_PX, 40).mean())
     assert elbo_value < iwae_value < log_px
     assert elbo_value == pytest.approx(log_px - delta**2, abs=0.05)
