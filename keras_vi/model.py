@@ -403,8 +403,8 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             kl_weight: default the model's `kl_weight` variable.
             sample_weight: None or one weight per example (shape [B]); see
                 `keras_vi.objectives.compute`.
-            sample_tape: the backend's `SampleTape` for d log w / dz (given by a training
-                step that can take it; default a new one).
+            sample_tape: the backend's `SampleTape` for d log w / dz, already open (given
+                by `backend.gradients.with_sample_tape`; default a new one).
 
         Returns:
             The dict of `keras_vi.objectives.compute`, plus `y_pred` (all K*B rows),
@@ -439,8 +439,8 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
                 # reparameterized z through the forward pass and the objective. Taken only
                 # on request, so unused it adds nothing to the compiled step.
                 if sample_tape is None:
-                    sample_tape = backend.gradients.new_sample_tape()
-                scope.path_tape = stack.enter_context(sample_tape)
+                    sample_tape = stack.enter_context(backend.gradients.new_sample_tape())
+                scope.path_tape = sample_tape
             with _scope.recording(scope):
                 y_pred = self(x_tiled, training=training)
             y_tiled = _layout.tile(y, k)

@@ -193,3 +193,10 @@ def test_private_keras_jax_fit_state_in_place(binary_data):
     model.compile(optimizer="adam")
     model.fit(binary_data[:64], batch_size=16, epochs=1, verbose=0, callbacks=[Look()])
     assert seen == [(False, True), 0]
+    # Where the loops detach the variables (backend/jax/trainer.py keeps their values).
+    import inspect
+
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    parameters = inspect.signature(JAXTrainer._purge_model_variables).parameters
+    assert {"trainable_variables", "optimizer_variables"} <= set(parameters)

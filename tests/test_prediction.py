@@ -3,13 +3,14 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
 
 import keras_vi as kvi
 from keras_vi import _prediction
 
-tfd = tfp.distributions
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
+tfd = kvi.distributions
+tfb = kvi.bijectors
 
 WIDTH, UNITS = 20, 3
 
@@ -34,11 +35,35 @@ def _vae(likelihood="bernoulli", out_width=WIDTH, **kwargs):
 
 def _decoder_at_loc(encoder, decoder, x):
     """decoder(E_q[z | x]): the NormalLatent's loc is the first half of its parameters."""
-    return decoder(encoder(x)[:, :UNITS]).numpy()
+    return _np(decoder(encoder(x)[:, :UNITS]))
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
 
 
 def _sigmoid(t):
     return 1.0 / (1.0 + np.exp(-t))
+
+
+def _export(model, path, batch):
+    """`model.export(path)`; on JAX for batches of `batch` rows only.
+
+    On JAX, `export` traces with a symbolic batch size, which TFP's JAX distributions cannot
+    take (they read static shapes); a static input signature exports the same function.
+    """
+    signature = None
+    if keras.backend.backend() == "jax":
+        signature = [keras.InputSpec(shape=(batch, WIDTH), dtype="float32")]
+    model.export(str(path), verbose=False, input_signature=signature)
+
+
+def _load_served(path):
+    """The `serve` endpoint of an exported model, NumPy in and out."""
+    import tensorflow as tf  # `export` writes a TensorFlow SavedModel on every backend
+
+    loaded = tf.saved_model.load(str(path))  # kept alive: it owns the variables
+    return lambda x: np.asarray(loaded.serve(tf.constant(x)))
 
 
 def _train(model, data, epochs=2, **compile_kwargs):
@@ -60,8 +85,8 @@ def test_mean_predictions_are_deterministic_probabilities(binary_data):
     assert first.min() >= 0.0 and first.max() <= 1.0
     expected = _sigmoid(_decoder_at_loc(encoder, decoder, x))
     np.testing.assert_allclose(first, expected, atol=1e-6)
-    np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-6)
-    np.testing.assert_allclose(model(x, training=False).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(_np(model(x)), expected, atol=1e-6)
+    np.testing.assert_allclose(_np(model(x, training=False)), expected, atol=1e-6)
 
 
 class SmallSubclassVAE(kvi.VariationalModel):
@@ -85,17 +110,16 @@ def test_subclassed_model_honours_mean(binary_data):
     x = binary_data[:32]
     expected = _sigmoid(_decoder_at_loc(model.encoder, model.decoder, x))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
-    np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(_np(model(x)), expected, atol=1e-6)
 
 
 def test_export_serves_the_mean(binary_data, tmp_path):
     model, encoder, decoder = _vae(prediction="mean")
     _train(model, binary_data, epochs=1)
     x = binary_data[:40]
-    model.export(str(tmp_path / "mean"), verbose=False)
-    reloaded = tf.saved_model.load(str(tmp_path / "mean"))
-    served = reloaded.serve
-    first, second = served(tf.constant(x)).numpy(), served(tf.constant(x)).numpy()
+    _export(model, tmp_path / "mean", len(x))
+    served = _load_served(tmp_path / "mean")
+    first, second = served(x), served(x)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, model.predict(x, verbose=0), atol=1e-6)
     np.testing.assert_allclose(first, _sigmoid(_decoder_at_loc(encoder, decoder, x)), atol=1e-6)
@@ -107,11 +131,10 @@ def test_default_sample_stays_random(binary_data, tmp_path):
     x = binary_data[:40]
     assert model.prediction == "sample"
     assert np.abs(model.predict(x, verbose=0) - model.predict(x, verbose=0)).max() > 1e-3
-    assert np.abs(model(x).numpy() - model(x).numpy()).max() > 1e-3
-    model.export(str(tmp_path / "sample"), verbose=False)
-    reloaded = tf.saved_model.load(str(tmp_path / "sample"))
-    served = reloaded.serve
-    logits = [served(tf.constant(x)).numpy() for _ in range(2)]
+    assert np.abs(_np(model(x)) - _np(model(x))).max() > 1e-3
+    _export(model, tmp_path / "sample", len(x))
+    served = _load_served(tmp_path / "sample")
+    logits = [served(x) for _ in range(2)]
     assert np.abs(logits[0] - logits[1]).max() > 1e-3
     assert logits[0].min() < 0.0 or logits[0].max() > 1.0
 
@@ -121,7 +144,7 @@ def test_training_with_mean_set_gives_the_same_weights(binary_data):
     for prediction in ("sample", "mean"):
         keras.utils.set_random_seed(7)
         model, _, _ = _vae(prediction=prediction)
-        history = _train(model, binary_data, epochs=3)
+        history = _train(model, binary_data, epochs=1)
         evaluated = model.evaluate(binary_data, verbose=0, return_dict=True)
         results.append((model.get_weights(), history, evaluated))
     (weights_a, history_a, eval_a), (weights_b, history_b, eval_b) = results
@@ -135,8 +158,8 @@ def test_training_with_mean_set_gives_the_same_weights(binary_data):
 def test_mean_never_leaks_into_a_step(binary_data):
     model, _, _ = _vae(prediction="mean")
     x = binary_data[:16]
-    first = model.compute_objective(x, x, training=False)["y_pred"].numpy()
-    second = model.compute_objective(x, x, training=False)["y_pred"].numpy()
+    first = _np(model.compute_objective(x, x, training=False)["y_pred"])
+    second = _np(model.compute_objective(x, x, training=False)["y_pred"])
     assert np.abs(first - second).max() > 1e-3  # z is sampled
     assert first.min() < 0.0 or first.max() > 1.0  # logits, not probabilities
 
@@ -178,8 +201,8 @@ def test_bayesian_layers_use_their_posterior_means():
     x = np.random.default_rng(3).normal(size=(30, 5)).astype("float32")
     expected = x
     for i, layer in enumerate(layers):
-        expected = expected @ layer.posterior_loc("kernel").numpy()
-        expected = expected + layer.posterior_loc("bias").numpy()
+        expected = expected @ _np(layer.posterior_loc("kernel"))
+        expected = expected + _np(layer.posterior_loc("bias"))
         if i < 2:
             expected = np.maximum(expected, 0.0)
     expected = np.exp(expected) / np.exp(expected).sum(axis=-1, keepdims=True)
@@ -206,13 +229,13 @@ def test_discrete_latents_return_their_mode(kind):
         inputs, decoder(latent(params)), likelihood="bernoulli", prediction="mean"
     )
     x = np.random.default_rng(4).random((25, WIDTH)).astype("float32")
-    logits = model.layers[1](x).numpy()
+    logits = _np(model.layers[1](x))
     if kind == "bernoulli":
         mode = (logits > 0).astype("float32")
     else:
         grouped = logits.reshape(25, 2, 3)
         mode = np.eye(3, dtype="float32")[grouped.argmax(-1)].reshape(25, 6)
-    expected = _sigmoid(decoder(mode).numpy())
+    expected = _sigmoid(_np(decoder(mode)))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
 
 
@@ -253,35 +276,34 @@ def test_poisson_callable_and_compiled_loss_likelihoods():
 
 
 def test_point_estimates_of_relaxed_and_flow_latents():
-    params = tf.constant(np.random.default_rng(7).normal(size=(4, 6)).astype("float32"))
+    params = np.random.default_rng(7).normal(size=(4, 6)).astype("float32")
     relaxed = kvi.layers.RelaxedCategoricalLatent(3, temperature=0.5, num_variables=2)
 
     def flow(t):
         return tfd.Independent(tfd.TransformedDistribution(tfd.Normal(t, 1.0), tfb.Exp()), 1)
 
-    tfb = tfp.bijectors
     lognormal = kvi.layers.Latent(flow, prior=None)
     with _prediction.mode("mean"):
-        soft = relaxed(params).numpy()
-        positive = lognormal(params).numpy()
-    grouped = params.numpy().reshape(4, 2, 3) / 0.5
+        soft = _np(relaxed(params))
+        positive = _np(lognormal(params))
+    grouped = params.reshape(4, 2, 3) / 0.5
     expected = np.exp(grouped) / np.exp(grouped).sum(-1, keepdims=True)
     np.testing.assert_allclose(soft, expected.reshape(4, 6), atol=1e-6)
-    np.testing.assert_allclose(positive, np.exp(params.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(positive, np.exp(params), rtol=1e-6)
     # Outside the context, the same layers draw.
-    assert np.abs(relaxed(params).numpy() - soft).max() > 1e-3
+    assert np.abs(_np(relaxed(params)) - soft).max() > 1e-3
 
 
 def test_point_estimate_without_a_closed_form_names_the_layer():
     def mixture(t):
         return tfd.Independent(
             tfd.MixtureSameFamily(
-                tfd.Categorical(logits=tf.zeros([2])),
-                tfd.Normal(tf.stack([t, -t], -1), 1.0),
+                tfd.Categorical(logits=np.zeros(2, "float32")),
+                tfd.Normal(keras.ops.stack([t, -t], -1), 1.0),
             ),
             1,
         )
 
     layer = kvi.layers.Latent(mixture, prior=None, name="mix")
     with _prediction.mode("mean"), pytest.raises(ValueError, match="Latent 'mix'.*mode of q"):
-        layer(tf.zeros([2, 3]))
+        layer(np.zeros((2, 3), "float32"))

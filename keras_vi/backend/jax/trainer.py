@@ -12,6 +12,7 @@ optimizer and baseline state (`jnp.where` on the flag, as Optax's `apply_if_fini
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -114,17 +115,39 @@ class VariationalTrainer:
         new_metrics = _values(scope, self.metrics_variables, metric_values)
         return logs, (trainable, new_non_trainable, new_metrics)
 
+    @functools.wraps(keras.Model.fit)
     def fit(self, *args, **kwargs):
         with _values_kept(self):
             return super().fit(*args, **kwargs)
 
+    @functools.wraps(keras.Model.evaluate)
     def evaluate(self, *args, **kwargs):
         with _values_kept(self):
             return super().evaluate(*args, **kwargs)
 
+    @functools.wraps(keras.Model.predict)
     def predict(self, *args, **kwargs):
         with _values_kept(self):
             return super().predict(*args, **kwargs)
+
+    def _purge_model_variables(self, **groups):
+        # Keras's JAX loops detach the variables here (a private method); `_values_kept`
+        # keeps what they held, including variables created inside the loop (the
+        # optimizer's slots on a first `fit`).
+        kept = getattr(self, "_kept_values", None)
+        if kept is not None:
+            variables = {
+                "trainable_variables": lambda: self.trainable_variables,
+                "non_trainable_variables": lambda: self.non_trainable_variables,
+                "optimizer_variables": lambda: self.optimizer.variables,
+                "metrics_variables": lambda: self.metrics_variables,
+            }
+            for group, detached in groups.items():
+                if detached:
+                    for variable in variables[group]():
+                        if getattr(variable, "_value", None) is not None:
+                            kept.setdefault(id(variable), (variable, variable.value))
+        return super()._purge_model_variables(**groups)
 
     def predict_step(self, state, data):
         # Through `__call__`, not `call` as Keras's own JAX predict step does, so that
@@ -172,22 +195,24 @@ def _values_kept(model):
     """Gives the variables their values back when `fit`, `evaluate` or `predict` fails.
 
     Keras's JAX loops detach every variable from its value while they run and reattach them
-    at the end; a step that fails (while it is traced: a shape error, a refused input) skips
-    the reattachment, leaving a model that cannot even predict. Keeping references to the
-    arrays costs nothing (they are not copied).
+    at the end; a step that fails before any step finished (while it is traced: a shape
+    error, a refused input) leaves them detached, and the model cannot even predict. The
+    values detached are kept by reference (not copied) in `_purge_model_variables`.
     """
-    variables = list(model.variables) + list(model.metrics_variables)
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        variables += list(optimizer.variables)
-    kept = [(variable, variable.value) for variable in variables]
+    outer = getattr(model, "_kept_values", None) is not None
+    if not outer:
+        model._kept_values = {}
     try:
         yield
     except BaseException:
-        for variable, value in kept:
-            if getattr(variable, "_value", value) is None:  # detached by Keras
+        model.jax_state_sync()  # the steps that did finish, if any
+        for variable, value in model._kept_values.values():
+            if getattr(variable, "_value", value) is None:  # still detached
                 variable.assign(value)
         raise
+    finally:
+        if not outer:
+            model._kept_values = None
 
 
 def current_value(model, variable):
