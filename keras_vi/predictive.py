@@ -6,6 +6,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops, tree
 
@@ -46,11 +47,28 @@ def _sampler(model, num_samples: int, training: bool):
                 if num_samples == 1:
                     return tree.map_structure(lambda t: ops.expand_dims(t, 0), first)
 
-                def step(previous, _):
-                    outputs = model(x, training=training)
-                    return outputs, outputs
+                # The state the passes write (each layer's seed generator) is carried
+                # through the loop and written back after it: JAX's scan cannot write
+                # variables from inside its body.
+                state = list(model.non_trainable_variables)
 
-                _, rest = ops.scan(step, first, length=num_samples - 1)
+                def step(carry, _):
+                    values, _ = carry
+                    with keras.StatelessScope(state_mapping=list(zip(state, values))) as scope:
+                        outputs = model(x, training=training)
+                    values = [
+                        value if new is None else new
+                        for value, new in zip(values, map(scope.get_current_value, state))
+                    ]
+                    # The outputs are also the carry: TensorFlow's scan wants outputs shaped
+                    # like the carry.
+                    return (values, outputs), (values, outputs)
+
+                (values, _), (_, rest) = ops.scan(
+                    step, ([v.value for v in state], first), length=num_samples - 1
+                )
+                for variable, value in zip(state, values):
+                    variable.assign(value)
             return tree.map_structure(
                 lambda t, r: ops.concatenate([ops.expand_dims(t, 0), r], axis=0), first, rest
             )
