@@ -131,9 +131,20 @@ class ModelState:
 
     def reseed(self, seed) -> None:
         """Points every seed generator at a fresh stream derived from `seed` (int32[2])."""
-        for index, state in enumerate(self.seed_states):
-            fresh = backend_random.fold_in(seed, index)
-            state.assign(ops.cast(fresh, state.dtype))
+        for state, value in zip(self.seed_states, self._fresh_seeds(seed)):
+            state.assign(value)
+
+    def mapping(self, saved: list, seed) -> list:
+        """`(variable, value)` pairs for a `keras.StatelessScope`: the `saved` values, with
+        every seed generator pointed at a fresh stream derived from `seed` (as `reseed`)."""
+        fresh = dict(zip(map(id, self.seed_states), self._fresh_seeds(seed)))
+        return [(v, fresh.get(id(v), value)) for v, value in zip(self.variables, saved)]
+
+    def _fresh_seeds(self, seed) -> list:
+        return [
+            ops.cast(backend_random.fold_in(seed, index), state.dtype)
+            for index, state in enumerate(self.seed_states)
+        ]
 
 
 @contextlib.contextmanager
@@ -302,33 +313,52 @@ def gradient_moments(
     """The tensors behind `gradient_variance`; call inside a compiled function (or eagerly).
 
     Estimate i draws its noise from `fold_in(seed, i)` and sees the model's state as it was on
-    entry (restored before each estimate and at the end), so the estimates are independent
-    and identically distributed and the model is left unchanged. When `extra_state` (the own
-    state of swapped-in estimators, e.g. a moving-average baseline) is given, one forward
-    pass first lets it track the current batch's learning signal.
+    entry, so the estimates are independent and identically distributed. The passes are
+    stateless (`keras.StatelessScope`): every variable they read is mapped to a value, and
+    what they write (seed generators, moving averages, batch-norm statistics) is dropped, so
+    the model is left unchanged; this also holds inside a stateless training step (JAX),
+    where the variables have no values of their own. When `extra_state` (the own state of
+    swapped-in estimators, e.g. a moving-average baseline) is given, one forward pass first
+    lets it track the current batch's learning signal; their new values are returned (the
+    caller assigns them), and the estimates see them.
 
     Returns:
         A dict of tensors: `total_variance`, `variance` (one entry per trainable variable),
-        `mean_norm`, `snr`.
+        `mean_norm`, `snr`, and `extra_state` (the new values of `extra_state`, in order).
     """
     variables = list(model.trainable_variables)
-    if extra_state:
-        model_state = ModelState(model)
-        model_saved = model_state.save()
-        model_state.reseed(backend_random.fold_in(seed, -1))
-        model.compute_objective(x, y, training=True, kl_weight=kl_weight)
-        model_state.restore(model_saved)
     state = ModelState(model, extra_state)
     saved = state.save()
+    # Read by the forward pass besides the weights and the state: the training step, for
+    # estimators with a schedule (`compute_objective` reads `optimizer.iterations`).
+    optimizer = getattr(model, "optimizer", None)
+    others = [] if optimizer is None else [(optimizer.iterations, ops.copy(optimizer.iterations))]
 
-    def loss():
-        return model.compute_objective(x, y, training=True, kl_weight=kl_weight)["loss"]
+    def objective(mapping):
+        # The trainable variables' values as the caller sees them (on JAX, inside
+        # `value_and_gradients`, the traced values it differentiates with respect to): a
+        # stateless scope does not look into an enclosing one, so every value is passed.
+        weights = [(v, v.value) for v in variables]
+        with keras.StatelessScope(state_mapping=[*weights, *mapping, *others]) as scope:
+            out = model.compute_objective(x, y, training=True, kl_weight=kl_weight)
+        return out, scope
+
+    extra_values = [ops.copy(v) for v in extra_state]
+    if extra_state:
+        _, scope = objective(state.mapping(saved, backend_random.fold_in(seed, -1)))
+        updated = {}
+        for variable, value in zip(extra_state, extra_values):
+            new = scope.get_current_value(variable)
+            updated[id(variable)] = value if new is None else ops.cast(new, variable.dtype)
+        extra_values = [updated[id(v)] for v in extra_state]
+        saved = [updated.get(id(v), value) for v, value in zip(state.variables, saved)]
 
     def estimate(i):
-        # Restored before the pass rather than after it: each variable's reads and writes
-        # run in program order, so this needs no ordering against the gradients.
-        state.restore(saved)
-        state.reseed(backend_random.fold_in(seed, i))
+        mapping = state.mapping(saved, backend_random.fold_in(seed, i))
+
+        def loss():
+            return objective(mapping)[0]["loss"]
+
         _, grads = backend_gradients.value_and_gradients(loss, variables)
         return [_dense_float32(g, v) for g, v in zip(grads, variables)]
 
@@ -349,7 +379,6 @@ def gradient_moments(
         body,
         (ops.convert_to_tensor(0, "int32"), zeros, list(zeros), ops.convert_to_tensor(0.0)),
     )
-    state.restore(saved)
     per_variable = ops.stack([ops.sum(m2) for m2 in m2s]) / float(num_estimates - 1)
     total = ops.sum(per_variable)
     return {
@@ -357,6 +386,7 @@ def gradient_moments(
         "variance": per_variable,
         "mean_norm": norm_sum / float(num_estimates),
         "snr": _global_norm(means) / ops.sqrt(total),
+        "extra_state": extra_values,
     }
 
 
@@ -433,9 +463,12 @@ def gradient_variance(
 
     def run(x, y, seed_pair):
         with estimator_override(model, spec):
-            return gradient_moments(
+            out = gradient_moments(
                 model, x, y, num_estimates=num_estimates, seed=seed_pair, extra_state=extra
             )
+        for variable, value in zip(extra, out.pop("extra_state")):
+            variable.assign(value)
+        return out
 
     out = backend_gradients.function(run, jit_compile=jit_compile)(x, y, _seed_pair(seed))
     out = tree.map_structure(ops.convert_to_numpy, out)

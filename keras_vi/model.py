@@ -508,6 +508,11 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         the step is), so it computes with `keras.ops` and writes results to variables. The
         train function is rebuilt when hooks change. `kvi.callbacks.GradientVarianceLogger`
         uses it to take its gradient estimates on the batch being trained on.
+
+        A hook that writes variables other than the model's must list them in a `variables`
+        attribute: a stateless step (JAX) carries those through the step as state (with the
+        metrics' variables) and drops writes to any other variable. Write them outside
+        traced branches and loops (e.g. assign the outputs of `keras.ops.cond`).
         """
         if not callable(hook):
             raise ValueError(f"add_step_hook() needs a callable, got {hook!r}.")

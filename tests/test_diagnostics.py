@@ -14,14 +14,20 @@ import urllib.request
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
+import tensorflow as tf  # reads the TensorBoard event files (written through tf.summary)
+from keras import ops
 
 import keras_vi as kvi
 
 from conftest import small_vae
 
-tfd = tfp.distributions
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+tfd = kvi.distributions
+
+
+def numpy(x):
+    return ops.convert_to_numpy(x)
+
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -73,8 +79,8 @@ class GaussianParams(keras.layers.Layer):
         )
 
     def call(self, x):
-        ones = tf.ones_like(x[:, :1])
-        return tf.concat([ones * self.mu, ones * self.sigma], axis=-1)
+        ones = ops.ones_like(x[:, :1])
+        return ops.concatenate([ones * self.mu, ones * self.sigma], axis=-1)
 
 
 def gaussian_q(params):
@@ -129,9 +135,9 @@ def test_logged_variance_matches_closed_form(tmp_path):
 
 def test_gradient_variance_function_matches_closed_form_and_leaves_model_alone():
     model, x, y = closed_form_model()
-    weights = [w.numpy() for w in model.weights]
+    weights = [numpy(w) for w in model.weights]
     model(x)  # build; the seed generator's state after this is what training would continue from
-    state = [v.numpy() for v in model.non_trainable_variables]
+    state = [numpy(v) for v in model.non_trainable_variables]
 
     result = kvi.gradient_variance(model, (x, y), num_estimates=2000, seed=3)
 
@@ -141,9 +147,9 @@ def test_gradient_variance_function_matches_closed_form_and_leaves_model_alone()
     within(result.variance["params/sigma"], PATHWISE_SIGMA / ROWS)
     assert result.total_variance == pytest.approx(sum(result.variance.values()), rel=1e-5)
     for before, after in zip(weights, model.weights):
-        np.testing.assert_array_equal(before, after.numpy())
+        np.testing.assert_array_equal(before, numpy(after))
     for before, after in zip(state, model.non_trainable_variables):
-        np.testing.assert_array_equal(before, after.numpy())
+        np.testing.assert_array_equal(before, numpy(after))
     # Same seed, same estimates; another seed, other noise.
     first = kvi.gradient_variance(model, (x, y), num_estimates=20, seed=3, jit_compile=False)
     again = kvi.gradient_variance(model, (x, y), num_estimates=20, seed=3, jit_compile=False)
@@ -198,7 +204,7 @@ def test_logging_does_not_disturb_training(trained):
     _, reference, logged = trained
     assert len(reference.variables) == len(logged.variables)
     for a, b in zip(reference.variables, logged.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        np.testing.assert_array_equal(numpy(a), numpy(b), err_msg=a.path)
     assert "train_step" not in vars(logged)  # the model's own train_step is back
     assert not logged._step_hooks  # and the logger's step hook is removed
 
@@ -312,7 +318,9 @@ def test_logger_works_with_kl_annealing_in_either_order(tmp_path, binary_data):
             tmp_path / order, every_n_steps=4, num_estimates=2, seed=0
         )
         callbacks = {"first": [logger, anneal], "last": [anneal, logger], "none": [anneal]}
-        model = _train(binary_data[:128], callbacks[order], jit_compile=False)
+        # Keras's default: without XLA on TensorFlow's CPU (the trained fixture has XLA), with
+        # it on JAX, where jit_compile=False would run every step op by op (ten times slower).
+        model = _train(binary_data[:128], callbacks[order], jit_compile="auto")
         assert "train_step" not in vars(model)
         assert not model._step_hooks
         return model
@@ -321,7 +329,7 @@ def test_logger_works_with_kl_annealing_in_either_order(tmp_path, binary_data):
     for order in ("first", "last"):
         model = run(order)
         for a, b in zip(reference.variables, model.variables):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(numpy(a), numpy(b))
         steps = [s for s, _ in read_events(tmp_path / order / "train")["gradients/snr"]]
         assert steps == [0, 4]
 
@@ -345,7 +353,7 @@ def _constant_posterior_model():
 
 class CopyWithScale(keras.layers.Layer):
     def call(self, x):
-        return tf.concat([x, tf.fill(tf.shape(x), -2.0)], axis=-1)
+        return ops.concatenate([x, ops.full_like(x, -2.0)], axis=-1)
 
 
 def _copying_model():

@@ -7,8 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 from test_estimators_gradients import (
     Q_LOC,
     Q_SCALE,
@@ -19,9 +18,15 @@ from test_estimators_gradients import (
 
 import keras_vi as kvi
 from keras_vi import _scope
+from keras_vi.backend import random as backend_random
 
-tfd = tfp.distributions
+from backend_utils import gradients
+
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
+tfd = kvi.distributions
 B = kvi.estimators.baselines
+numpy = ops.convert_to_numpy
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -89,18 +94,18 @@ def mixed_model(objective):
 def test_mixed_estimators_train_under_xla_and_round_trip(objective, binary_data, tmp_path):
     model = mixed_model(objective)
     model.compile(optimizer=keras.optimizers.Adam(3e-2), jit_compile=True)
-    before = [v.numpy().copy() for v in model.trainable_variables]
+    before = [numpy(v).copy() for v in model.trainable_variables]
     history = model.fit(binary_data, batch_size=64, epochs=3, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     assert history["loss"][-1] < history["loss"][0]
     # Every trainable variable moved, the learned baseline's network included: it is trained
     # by the same optimizer step, through its auxiliary objective.
     moved = {
-        v.path: not np.allclose(b, v.numpy()) for b, v in zip(before, model.trainable_variables)
+        v.path: not np.allclose(b, numpy(v)) for b, v in zip(before, model.trainable_variables)
     }
     assert all(moved.values()), moved
     if objective == "elbo":
-        assert model.optimizer.iterations.numpy() == 12
+        assert numpy(model.optimizer.iterations) == 12
         gs = model.get_layer("c_gs").resolved_estimator
         assert float(gs.temperature_at(model.optimizer.iterations)) == pytest.approx(0.5)
 
@@ -113,7 +118,7 @@ def test_mixed_estimators_train_under_xla_and_round_trip(objective, binary_data,
         if isinstance(layer, kvi.layers.Latent):
             twin = loaded.get_layer(layer.name)
             assert repr(twin.resolved_estimator) == repr(layer.resolved_estimator)
-    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
+    assert numpy(loaded.optimizer.iterations) == numpy(model.optimizer.iterations)
     # The loaded estimators build their training objective (surrogates included).
     out = loaded.compute_objective(binary_data[:8], binary_data[:8], training=True)
     assert np.isfinite(float(out["loss"]))
@@ -124,27 +129,27 @@ def test_learned_baseline_composes_with_moving_average():
     network = keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros")
     centering = B.MovingAverage(0.5)
     learned = B.Learned(network, centering=centering)
-    signal = tf.constant([[1.0, 2.0], [3.0, 6.0]])  # [K=2, B=2]
-    inputs = tf.constant([[0.5], [1.0], [1.5], [2.0]])  # rows k * B + b
+    signal = np.array([[1.0, 2.0], [3.0, 6.0]], "float32")  # [K=2, B=2]
+    inputs = np.array([[0.5], [1.0], [1.5], [2.0]], "float32")  # rows k * B + b
     centering.build()
     centering.average.assign(2.0)
     centering.initialized.assign(1.0)
     baseline, auxiliary = learned.compute(signal, inputs, training=True)
-    by_hand = 2.0 + tf.reshape(inputs, [2, 2])
-    np.testing.assert_allclose(baseline, by_hand)
-    expected_aux = -np.mean((signal.numpy() - 2.0 - tf.reshape(inputs, [2, 2]).numpy()) ** 2)
+    by_hand = 2.0 + inputs.reshape(2, 2)
+    np.testing.assert_allclose(numpy(baseline), by_hand)
+    expected_aux = -np.mean((signal - 2.0 - inputs.reshape(2, 2)) ** 2)
     assert float(auxiliary) == pytest.approx(expected_aux)
-    assert float(centering.average) == pytest.approx(0.5 * 2.0 + 0.5 * 3.0)  # updated
+    assert float(numpy(centering.average)) == pytest.approx(0.5 * 2.0 + 0.5 * 3.0)  # updated
     # apply() removes the whole composed baseline (the updated average 2.5 + the network).
     centred, _ = learned.apply(signal, inputs, training=False)
-    np.testing.assert_allclose(centred, signal - (2.5 + tf.reshape(inputs, [2, 2])))
+    np.testing.assert_allclose(numpy(centred), signal - (2.5 + inputs.reshape(2, 2)))
 
 
 def test_leave_one_out_baseline_by_hand():
-    signal = tf.constant([[1.0, 10.0], [2.0, 20.0], [6.0, 0.0]])
+    signal = np.array([[1.0, 10.0], [2.0, 20.0], [6.0, 0.0]], "float32")
     baseline, aux = B.LeaveOneOut().compute(signal, None, True)
     expected = np.array([[4.0, 10.0], [3.5, 5.0], [1.5, 15.0]])
-    np.testing.assert_allclose(baseline, expected)
+    np.testing.assert_allclose(numpy(baseline), expected)
     assert aux is None
 
 
@@ -156,10 +161,14 @@ def test_vimco_leave_one_out_bounds_by_hand_and_stable():
         others = np.delete(lw, i, axis=0)
         swapped = np.concatenate([others, others.mean(0, keepdims=True)], 0)
         expected[i] = np.log(np.exp(swapped).sum(0) / k)
-    np.testing.assert_allclose(kvi.estimators.leave_one_out_bounds(lw), expected, rtol=1e-10)
+    bounds = numpy(kvi.estimators.leave_one_out_bounds(lw))
+    # Exact to the precision it is computed in: float64 where the backend keeps the input's
+    # float64 (TensorFlow), float32 where it computes in float32 (JAX without jax_enable_x64).
+    rtol = {np.dtype("float64"): 1e-10, np.dtype("float32"): 1e-6}[bounds.dtype]
+    np.testing.assert_allclose(bounds, expected, rtol=rtol)
     # Log-weights of -1e4 nats (a long way below float range) stay finite.
-    huge = tf.constant([[-1e4], [-1e4 + 5.0], [-1e4 - 3.0]])
-    assert np.all(np.isfinite(kvi.estimators.leave_one_out_bounds(huge).numpy()))
+    huge = np.array([[-1e4], [-1e4 + 5.0], [-1e4 - 3.0]], "float32")
+    assert np.all(np.isfinite(numpy(kvi.estimators.leave_one_out_bounds(huge))))
 
 
 def _conjugate_model(estimator, *, objective="elbo", num_samples=1, rows=None):
@@ -190,13 +199,14 @@ def test_stl_gradient_is_zero_at_the_exact_posterior():
         # q(z|x) = N(x/2, 1/2): the exact posterior.
         encoder.kernel.assign([[0.5, 0.0]])
         encoder.bias.assign([0.0, _softplus_inverse(np.sqrt(0.5))])
-        with tf.GradientTape() as tape:
-            out = model.compute_objective(x, x, training=True)
-        grads[estimator] = [g.numpy() for g in tape.gradient(out["loss"], encoder.weights)]
+        grads[estimator] = gradients(
+            lambda m=model: m.compute_objective(x, x, training=True)["loss"], encoder.weights
+        )
         # The value is the evidence, log N(x; 0, 2), for every x (the bound is tight).
         if estimator == "stl":
-            log_evidence = tfd.Normal(0.0, np.sqrt(2.0)).log_prob(x[:, 0]).numpy()
-            np.testing.assert_allclose(out["bound"].numpy(), log_evidence, atol=1e-5)
+            out = model.compute_objective(x, x, training=True)
+            log_evidence = numpy(tfd.Normal(0.0, np.sqrt(2.0)).log_prob(x[:, 0]))
+            np.testing.assert_allclose(numpy(out["bound"]), log_evidence, atol=1e-5)
     stl_max = max(np.abs(g).max() for g in grads["stl"])
     reparam_max = max(np.abs(g).max() for g in grads["reparameterization"])
     assert stl_max < 1e-5, grads["stl"]
@@ -206,32 +216,70 @@ def test_stl_gradient_is_zero_at_the_exact_posterior():
 @pytest.mark.parametrize("estimator", ["dreg", "vimco", "reparameterization"])
 def test_model_level_iwae_gradients_match_quadrature(estimator):
     # Per-row encoder parameters (an Embedding) give one independent gradient estimate per
-    # row from a single training-mode objective; compare with the K = 2 quadrature.
+    # row from a single training-mode objective; compare with the K = 2 quadrature. The
+    # gradient is the training step's own (where every backend takes DReG's d log w / dz):
+    # one SGD step with learning rate `rows` moves each row by -rows * d loss / d row.
     rows = 30_000
     model = _conjugate_model(estimator, objective="iwae", num_samples=2, rows=rows)
     encoder = model.get_layer("encoder")
     raw = _softplus_inverse(Q_SCALE)
-    encoder.embeddings.assign(tf.tile([[Q_LOC, raw]], [rows, 1]))
-    ids = tf.range(rows)
-    y = tf.fill([rows, 1], X_OBS)
+    start = np.tile(np.array([[Q_LOC, raw]], "float32"), [rows, 1])
+    encoder.embeddings.assign(start)
+    ids = np.arange(rows, dtype="int32")
+    y = np.full([rows, 1], X_OBS, "float32")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=float(rows)))
+    model.train_on_batch(ids, y)
 
-    @tf.function
-    def gradient():
-        with tf.GradientTape() as tape:
-            loss = model.compute_objective(ids, y, training=True)["loss"]
-        return tf.convert_to_tensor(tape.gradient(loss, encoder.embeddings))
-
-    g = -gradient().numpy() * rows  # d bound / d (loc, raw scale), one row per example
+    # d bound / d (loc, raw scale), one row per example (the loss is the mean of -bound).
+    g = numpy(encoder.embeddings).astype("float64") - start
     d_loc, d_log_scale = iwae2_quadrature_gradient(Q_LOC, Q_SCALE)
     sigmoid = 1 / (1 + np.exp(-raw))
     assert_within_4_se(g[:, 0], d_loc, f"{estimator} in the model, d/dloc")
     assert_within_4_se(g[:, 1], d_log_scale / Q_SCALE * sigmoid, f"{estimator} d/draw_scale")
 
 
-def test_loss_value_is_the_same_whatever_the_estimator(binary_data):
-    data = binary_data[:16]
+LOSS_VALUE_FAMILIES = [
+    pytest.param(
+        "elbo",
+        lambda: [
+            "reparameterization",
+            "stl",
+            "score_function",
+            kvi.estimators.ScoreFunction(B.MovingAverage()),
+            kvi.estimators.ScoreFunction(B.LeaveOneOut()),
+            nvil(),
+        ],
+        id="elbo",
+    ),
+    pytest.param(
+        "iwae",
+        lambda: [
+            "reparameterization",
+            "vimco",
+            "score_function",
+            "stl",
+            kvi.estimators.ScoreFunction(B.MovingAverage()),
+            nvil(),
+        ],
+        id="iwae",
+    ),
+    pytest.param(
+        "iwae",
+        lambda: ["reparameterization", "dreg"],
+        id="iwae-dreg",
+        # DReG's d log w / dz in a direct call of compute_objective: TensorFlow only (JAX
+        # takes it in the training step and kvi.expectation, and says so in its error).
+        marks=pytest.mark.backends("tensorflow"),
+    ),
+]
 
-    def build(estimator, objective, k):
+
+@pytest.mark.parametrize("objective,family", LOSS_VALUE_FAMILIES)
+def test_loss_value_is_the_same_whatever_the_estimator(binary_data, objective, family):
+    data = binary_data[:16]
+    k = 3
+
+    def build(estimator):
         keras.utils.set_random_seed(5)
         x = keras.Input((20,))
         h = keras.layers.Dense(16, activation="tanh", name="enc")(x)
@@ -248,69 +296,63 @@ def test_loss_value_is_the_same_whatever_the_estimator(binary_data):
         out = model.compute_objective(data, data, training=True)
         return float(out["loss"]), float(out["loss_value"])
 
-    families = {
-        ("elbo", 3): [
-            "reparameterization",
-            "stl",
-            "score_function",
-            kvi.estimators.ScoreFunction(B.MovingAverage()),
-            kvi.estimators.ScoreFunction(B.LeaveOneOut()),
-            nvil(),
-        ],
-        ("iwae", 3): [
-            "reparameterization",
-            "dreg",
-            "vimco",
-            "score_function",
-            "stl",
-            kvi.estimators.ScoreFunction(B.MovingAverage()),
-            nvil(),
-        ],
-    }
-    for (objective, k), family in families.items():
-        reference = build("reparameterization", objective, k)
-        results = [values(build(est, objective, k), reference) for est in family]
-        first = results[0][1]
-        for est, (loss, loss_value) in zip(family, results):
-            assert loss_value == pytest.approx(first, rel=1e-6), (objective, est)
-            assert loss == pytest.approx(loss_value, rel=1e-6), (objective, est)
+    family = family()
+    reference = build("reparameterization")
+    results = [values(build(est), reference) for est in family]
+    first = results[0][1]
+    for est, (loss, loss_value) in zip(family, results):
+        assert loss_value == pytest.approx(first, rel=1e-6), (objective, est)
+        assert loss == pytest.approx(loss_value, rel=1e-6), (objective, est)
+
+
+def _compiled(fn):
+    """`fn(step, training)` compiled with XLA (`training` a Python bool): tf.function on
+    TensorFlow, jax.jit on JAX. The step is an argument, as a training step's is."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn, static_argnums=1)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
 
 
 def test_gumbel_softmax_temperature_follows_schedule_in_graph():
     est = kvi.estimators.GumbelSoftmax(kvi.schedules.Linear(100, start=10.0, stop=0.05))
-    q = tfd.OneHotCategorical(logits=tf.zeros([512, 6]), dtype=tf.float32)
-    step = tf.Variable(0, dtype=tf.int64)
+    q = tfd.OneHotCategorical(logits=np.zeros([512, 6], "float32"), dtype="float32")
 
-    @tf.function(jit_compile=True)
-    def largest_coordinate(training):
+    def largest_coordinate(step, training):
         scope = _scope.StepScope(training=training, step=step)
         with _scope.recording(scope):
-            z = est.sample(q, tf.constant([1, 2]))
-        return tf.reduce_mean(tf.reduce_max(z, axis=-1))
+            z = est.sample(q, backend_random.draw_seed(np.array([1, 2])))
+        return ops.mean(ops.max(z, axis=-1))
 
-    hot = float(largest_coordinate(True))
-    step.assign(100)
-    cold = float(largest_coordinate(True))
+    largest_coordinate = _compiled(largest_coordinate)
+    step = lambda value: ops.convert_to_tensor(value, "int32")  # noqa: E731
+    hot = float(largest_coordinate(step(0), True))
+    cold = float(largest_coordinate(step(100), True))
     assert hot < 0.3 < 0.95 < cold  # near uniform at temperature 10, near one-hot at 0.05
-    assert float(largest_coordinate(False)) == 1.0  # evaluation: exact one-hot samples
+    assert float(largest_coordinate(step(100), False)) == 1.0  # evaluation: exact one-hot
     assert float(est.temperature_at(50)) == pytest.approx(10.0 + 0.5 * (0.05 - 10.0))
 
     st = kvi.estimators.GumbelSoftmax(1.0, straight_through=True)
+    logits = keras.Variable(np.zeros([4, 3], "float32"))
+    seed = backend_random.draw_seed(np.array([3, 4]))
+
+    def sample():
+        return st.sample(tfd.OneHotCategorical(logits=logits.value, dtype="float32"), seed)
+
     with _scope.recording(_scope.StepScope(training=True)):
-        logits = tf.Variable(tf.zeros([4, 3]))
-        with tf.GradientTape() as tape:
-            z = st.sample(
-                tfd.OneHotCategorical(logits=logits, dtype=tf.float32), tf.constant([3, 4])
-            )
-            f = tf.reduce_sum(z * [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(tf.reduce_max(z, -1), 1.0)
-    np.testing.assert_array_equal(tf.reduce_sum(z, -1), 1.0)
-    assert np.abs(tape.gradient(f, logits).numpy()).max() > 0  # the soft sample's gradient
+        z = numpy(sample())
+        (gradient,) = gradients(lambda: ops.sum(sample() * np.array([1.0, 2.0, 3.0])), [logits])
+    np.testing.assert_array_equal(z.max(-1), 1.0)
+    np.testing.assert_array_equal(z.sum(-1), 1.0)
+    assert np.abs(gradient).max() > 0  # the soft sample's gradient
 
 
 def test_relaxed_categorical_latent_outputs_simplex_points():
     layer = kvi.layers.RelaxedCategoricalLatent(4, temperature=0.5, num_variables=3)
-    z = layer(tf.random.normal([8, 12])).numpy().reshape(8, 3, 4)
+    z = numpy(layer(keras.random.normal([8, 12]))).reshape(8, 3, 4)
     assert np.all(z >= 0)
     np.testing.assert_allclose(z.sum(-1), 1.0, rtol=1e-5)
     assert isinstance(layer.prior, kvi.layers.RelaxedUniform)
@@ -427,6 +469,9 @@ def test_evaluation_with_another_objective_still_works(binary_data):
             assert np.all(np.isfinite(ll))
 
 
+# Tells dependent latents from independent ones through TensorFlow's tape; JAX cannot from
+# one pass, and rejects any two DReG latents of a model.
+@pytest.mark.backends("tensorflow")
 def test_dreg_rejects_dependent_latents(binary_data):
     x = keras.Input((20,))
     z1 = kvi.layers.NormalLatent(2, estimator="dreg", name="top")(keras.layers.Dense(4)(x))
@@ -448,7 +493,7 @@ def test_expectation_errors():
         kvi.expectation(lambda z: z, q, "vimco", num_samples=1, objective="iwae")
     with pytest.raises(ValueError, match="Unknown `objective`"):
         kvi.expectation(lambda z: z, q, objective="kl")
-    cat = tfd.OneHotCategorical(logits=tf.zeros(3), dtype=tf.float32)
+    cat = tfd.OneHotCategorical(logits=np.zeros(3, "float32"), dtype="float32")
     with pytest.raises(ValueError, match="closed-form KL"):
         kvi.expectation(lambda z: z[..., 0], cat, "gumbel_softmax", objective="elbo")
     with pytest.raises(ValueError, match="must return log p"):
@@ -469,7 +514,9 @@ def test_discrete_vae_example_smoke():
         num_train=200,
         num_test=40,
         estimators=["NVIL", "VIMCO (K=5)", "ST Gumbel-softmax"],
-        jit_compile=False,
+        # Keras's default: no XLA on TensorFlow's CPU; XLA on JAX, where jit_compile=False
+        # would run every training step op by op.
+        jit_compile="auto",
         elbo_passes=1,
         ll_samples=3,
         variance_draws=3,
@@ -484,6 +531,7 @@ def test_discrete_vae_example_smoke():
         assert row["test_log_likelihood"] > row["test_elbo"] - 5.0
 
 
+@pytest.mark.backends("tensorflow")  # a TensorFlow benchmark: it times tf.function steps
 def test_num_samples_benchmark_smoke():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import num_samples

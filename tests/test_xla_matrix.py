@@ -8,6 +8,7 @@ import pytest
 
 from conftest import estimator_matrix, small_vae
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
 CASES = estimator_matrix()
 
 

@@ -31,6 +31,12 @@ class _Run:
     step: keras.Variable
     written: int = -1  # the last step written, so a result is never written twice
 
+    @property
+    def state(self) -> list:
+        """Every variable the step hook writes for this run, in the order it writes them."""
+        results = [self.total_variance, self.variance, self.mean_norm, self.snr, self.step]
+        return [*results, *self.extra_state]
+
 
 @dataclasses.dataclass
 class _Compiled:
@@ -162,6 +168,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             if schedule is not None:  # what the step is about to assign for this step
                 kl_weight = ops.cast(schedule(step), "float32")
             seed = backend_random.fold_in(base_seed, step)
+            values = []
             for run in runs:  # the same seed for every run: common random numbers
                 with diagnostics.estimator_override(model, run.spec):
                     out = diagnostics.gradient_moments(
@@ -173,22 +180,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                         kl_weight=kl_weight,
                         extra_state=run.extra_state,
                     )
-                run.total_variance.assign(out["total_variance"])
-                run.variance.assign(out["variance"])
-                run.mean_norm.assign(out["mean_norm"])
-                run.snr.assign(out["snr"])
-                run.step.assign(step)
-            return ops.convert_to_tensor(0, "int32")
+                values += [out["total_variance"], out["variance"], out["mean_norm"], out["snr"]]
+                values += [ops.cast(step, run.step.dtype), *out["extra_state"]]
+            return values
 
-        def hook(x, y, step):
-            step = ops.cast(step, "int64")
-            ops.cond(
-                ops.equal(step % every, 0),
-                lambda: log_step(x, y, step),
-                lambda: ops.convert_to_tensor(0, "int32"),
-            )
-
-        return hook
+        return _StepHook(every, log_step, [v for run in runs for v in run.state])
 
     def _attach(self, model) -> None:
         """Registers the step hook and installs the train function built with it."""
@@ -230,7 +226,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         diagnostics.check_variational(model, "GradientVarianceLogger")
-        if model.distribute_strategy.num_replicas_in_sync > 1:
+        if _num_replicas(model) > 1:
             raise ValueError("GradientVarianceLogger supports single-replica training only.")
         if not model.trainable_variables:
             raise ValueError("GradientVarianceLogger: the model has no trainable variables.")
@@ -256,6 +252,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
 
     def _write(self):
         self._pending = False
+        # `self.model` first: on JAX it syncs the step's state (the hook's variables with it)
+        # back into the variables, which the state leaves without values mid-epoch.
         names = diagnostics.variable_names(self.model.trainable_variables)
         for run in self._compiled.runs:
             step = int(ops.convert_to_numpy(run.step))
@@ -304,10 +302,53 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         return cls(**config)
 
 
+class _StepHook:
+    """`hook(x, y, step)` for `kvi.VariationalModel.add_step_hook`: runs `log_step` on every
+    step that is a multiple of `every` and writes its values to `variables`.
+
+    `variables` (an attribute a step hook may have) lists every variable the hook writes, so
+    that a stateless training step (JAX) carries them through the step as state. The branch
+    returns values and the variables are assigned after it, on every step (their current
+    values when the step is not logged): a traced branch cannot carry writes out of it.
+    """
+
+    def __init__(self, every: int, log_step, variables: list):
+        self.every = every
+        self.log_step = log_step
+        self.variables = variables
+
+    def __call__(self, x, y, step):
+        step = ops.cast(step, "int64")
+        values = ops.cond(
+            ops.equal(step % self.every, 0),
+            lambda: self.log_step(x, y, step),
+            lambda: [ops.copy(v) for v in self.variables],
+        )
+        for variable, value in zip(self.variables, values):
+            variable.assign(value)
+
+
 def _serialize_estimator(name: str, estimator):
     if isinstance(estimator, str):
         return estimator
     return _serialization.serialize(estimator, f"estimators[{name!r}]", "GradientVarianceLogger")
+
+
+def _num_replicas(model) -> int:
+    """How many replicas train the model on slices of each batch: a tf.distribute
+    strategy's (TensorFlow), or the devices along the batch axis of the active
+    `keras.distribution` (JAX's `DataParallel`, `ModelParallel`)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None:
+        return int(strategy.num_replicas_in_sync)
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    axis = getattr(distribution, "batch_dim_name", None)
+    if axis in mesh.axis_names:
+        return int(mesh.shape[mesh.axis_names.index(axis)])
+    return int(np.size(mesh.devices))
 
 
 def _variable(value, dtype: str = "float32") -> keras.Variable:

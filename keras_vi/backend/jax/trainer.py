@@ -39,11 +39,18 @@ class VariationalTrainer:
         if compiled is not None:
             metrics.append(compiled)
         metrics += [self._skipped_steps, self._support_violations]
-        return [v for metric in metrics for v in metric.variables]
+        return [v for metric in metrics for v in metric.variables] + self._hook_variables()
+
+    def _hook_variables(self) -> list:
+        """What the step hooks write (each hook's `variables`), carried with the metrics'
+        variables: mapped in the objective's scope, read back from it after the hooks ran."""
+        return [v for hook in self._step_hooks for v in getattr(hook, "variables", ())]
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metric_values = state
         x, y, sample_weight = self._unpack_weighted(data)
+        hook_variables = self._hook_variables()
+        num_metrics = len(metric_values) - len(hook_variables)
         fixed = [
             *zip(self.non_trainable_variables, non_trainable),
             *zip(self.optimizer.variables, optimizer_values),
@@ -59,14 +66,16 @@ class VariationalTrainer:
                 )
                 scaled_loss = self.optimizer.scale_loss(out["loss"])
             updated = _values(scope, self.non_trainable_variables, non_trainable)
-            return scaled_loss, (_reported(out), updated)
+            hooked = _values(scope, hook_variables, metric_values[num_metrics:])
+            return scaled_loss, (_reported(out), updated, hooked)
 
         def loss_and_aux(trainable_values):
             return gradients.with_sample_tape(lambda tape: objective(trainable_values, tape))
 
-        (_, (out, new_non_trainable)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(
-            trainable
-        )
+        (_, (out, new_non_trainable, hooked)), grads = jax.value_and_grad(
+            loss_and_aux, has_aux=True
+        )(trainable)
+        metric_values = [*metric_values[:num_metrics], *hooked]
 
         loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         ok, flags = _nonfinite.check(self, out, grads, check_gradients=not loss_scaled)
