@@ -20,5 +20,9 @@ class NonFiniteError(RuntimeError):
         ... except kvi.NonFiniteError as error:
         ...     print(error)
         Training stopped after 5 consecutive steps with non-finite values ... In the last one,
-        the KL of latent 'z' was the first non-finite term. ...
+        the ... was the first non-finite term. ...
+
+        Here the overflowing weights make the KL of latent 'z' non-finite, and the likelihood
+        too, unless the decoder's `Dense` + `relu` maps NaN to 0 (TensorFlow's fused CPU
+        kernel does): the message names the likelihood on JAX, the KL on TensorFlow.
     """

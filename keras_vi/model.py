@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -404,7 +403,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             sample_weight: None or one weight per example (shape [B]); see
                 `keras_vi.objectives.compute`.
             sample_tape: the backend's `SampleTape` for d log w / dz, already open (given
-                by `backend.gradients.with_sample_tape`; default a new one).
+                by `backend.gradients.with_sample_tape`; by default one is opened here).
 
         Returns:
             The dict of `keras_vi.objectives.compute`, plus `y_pred` (all K*B rows),
@@ -413,6 +412,27 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             and `target_in_support` (False when a target value lies outside the named
             likelihood's support; None when that is not checked).
         """
+        reparameterized = any(
+            getattr(layer.resolved_estimator, "reparameterized", False)
+            for layer in self._latent_layers()
+        )
+        if training and reparameterized and sample_tape is None:
+            # Estimators may ask for d log w / dz (DReG): a tape watches each reparameterized
+            # z through the forward pass and the objective (on JAX, by running them again
+            # over the same state). Taken only on request: unused, it adds nothing.
+            return backend.gradients.with_sample_tape_over(
+                list(self.non_trainable_variables),
+                lambda tape: self.compute_objective(
+                    x,
+                    y,
+                    training=training,
+                    num_samples=num_samples,
+                    objective=objective,
+                    kl_weight=kl_weight,
+                    sample_weight=sample_weight,
+                    sample_tape=tape,
+                ),
+            )
         k = self.num_samples if num_samples is None else num_samples
         objective = self.objective if objective is None else objective
         kl_weight = self.kl_weight if kl_weight is None else kl_weight
@@ -429,34 +449,24 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             x_tiled = x
         else:
             x_tiled = _layout.tile(x, k)
-        reparameterized = any(
-            getattr(layer.resolved_estimator, "reparameterized", False)
-            for layer in self._latent_layers()
+        if training and reparameterized:
+            scope.path_tape = sample_tape
+        with _scope.recording(scope):
+            y_pred = self(x_tiled, training=training)
+        y_tiled = _layout.tile(y, k)
+        log_lik = self._log_likelihood(y_pred, y_tiled)
+        regularization = self._regularization()
+        out = objectives.compute(
+            scope,
+            log_lik,
+            objective=objective,
+            num_samples=k,
+            kl_weight=kl_weight,
+            free_bits=self.free_bits,
+            num_examples=self._num_examples_var,
+            training=training,
+            sample_weight=sample_weight,
         )
-        with contextlib.ExitStack() as stack:
-            if training and reparameterized:
-                # Estimators may ask for d log w / dz (DReG): a tape watches each
-                # reparameterized z through the forward pass and the objective. Taken only
-                # on request, so unused it adds nothing to the compiled step.
-                if sample_tape is None:
-                    sample_tape = stack.enter_context(backend.gradients.new_sample_tape())
-                scope.path_tape = sample_tape
-            with _scope.recording(scope):
-                y_pred = self(x_tiled, training=training)
-            y_tiled = _layout.tile(y, k)
-            log_lik = self._log_likelihood(y_pred, y_tiled)
-            regularization = self._regularization()
-            out = objectives.compute(
-                scope,
-                log_lik,
-                objective=objective,
-                num_samples=k,
-                kl_weight=kl_weight,
-                free_bits=self.free_bits,
-                num_examples=self._num_examples_var,
-                training=training,
-                sample_weight=sample_weight,
-            )
         if regularization is not None:
             out["loss"] = out["loss"] + regularization
             out["loss_value"] = out["loss_value"] + regularization

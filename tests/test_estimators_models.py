@@ -267,9 +267,6 @@ LOSS_VALUE_FAMILIES = [
         "iwae",
         lambda: ["reparameterization", "dreg"],
         id="iwae-dreg",
-        # DReG's d log w / dz in a direct call of compute_objective: TensorFlow only (JAX
-        # takes it in the training step and kvi.expectation, and says so in its error).
-        marks=pytest.mark.backends("tensorflow"),
     ),
 ]
 
@@ -469,9 +466,6 @@ def test_evaluation_with_another_objective_still_works(binary_data):
             assert np.all(np.isfinite(ll))
 
 
-# Tells dependent latents from independent ones through TensorFlow's tape; JAX cannot from
-# one pass, and rejects any two DReG latents of a model.
-@pytest.mark.backends("tensorflow")
 def test_dreg_rejects_dependent_latents(binary_data):
     x = keras.Input((20,))
     z1 = kvi.layers.NormalLatent(2, estimator="dreg", name="top")(keras.layers.Dense(4)(x))

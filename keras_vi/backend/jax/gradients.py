@@ -54,20 +54,21 @@ class PathGradientRequested(Exception):
 class SampleTape:
     """The samples z of one pass, and d log w / dz for them once a probe pass gave it.
 
-    Three roles, one per pass of `with_sample_tape`: recording (no gradient known; a request
-    raises `PathGradientRequested`), probing (adds a zero probe to each z and keeps the
-    target) and replaying (hands out the probe pass's gradients).
+    One role per pass of `with_sample_tape`: recording (nothing known; the first request
+    raises `PathGradientRequested`), tracing dependencies (zero probes added to each z; the
+    first request stops the pass), probing (probes added, dependencies known, the target
+    kept) and replaying (gradients and dependencies known).
     """
 
     def __init__(
         self,
         probes: list | None = None,
         gradients: list | None = None,
-        unavailable: str | None = None,
+        dependencies: list | None = None,
     ):
         self._probes = probes
         self._gradients = gradients
-        self._unavailable = unavailable
+        self._dependencies = dependencies
         self.parts: list = []
         self.target = None
 
@@ -88,49 +89,57 @@ class SampleTape:
 
     def gradient(self, target, samples: list) -> list:
         indices = [self._index(s) for s in samples]
-        if self._probes is not None:
+        if self._gradients is not None:
+            return [jax.lax.stop_gradient(self._gradients[i]) for i in indices]
+        if self._probes is not None and self._dependencies is not None:
             self.target = target
             return [jnp.zeros_like(s) for s in samples]
-        if self._unavailable is not None:
-            raise ValueError(self._unavailable)
-        if self._gradients is None:
-            raise PathGradientRequested()
-        return [jax.lax.stop_gradient(self._gradients[i]) for i in indices]
+        raise PathGradientRequested()
 
     def depends(self, later: Any, earlier: Any) -> bool:
-        """Whether `later` was computed from `earlier`: JAX cannot tell from one pass."""
-        raise ValueError(
-            "On the JAX backend, d log w / dz (DReG) is supported for one latent of a model "
-            "at a time; use estimator='reparameterization' for the others."
+        """Whether `later` was computed from `earlier` (a structural dependence, as a
+        TensorFlow tape tells it: some chain of operations leads from one to the other)."""
+        if self._dependencies is None:
+            raise PathGradientRequested()
+        earlier_indices = {self._index(part) for part in tree.flatten(earlier)}
+        return any(
+            (self._dependencies[i] - {i}) & earlier_indices
+            for i in (self._index(part) for part in tree.flatten(later))
         )
 
     def _index(self, sample) -> int:
         for i, part in enumerate(self.parts):
             if part is sample:
                 return i
-        raise ValueError("SampleTape.gradient(): a sample that was not watched.")
+        raise ValueError("SampleTape: a sample that was not watched.")
 
 
-def new_sample_tape() -> SampleTape:
-    """A `SampleTape` for a pass that cannot be repeated: asking it for d log w / dz is an
-    error (a training step and `kvi.expectation` use `with_sample_tape` instead)."""
-    return SampleTape(
-        unavailable=(
-            "On the JAX backend, d log w / dz (the DReG estimator) is taken in "
-            "VariationalModel's training step and in kvi.expectation only, not in this "
-            "computation (a diagnostic or a direct call of compute_objective). Use the "
-            "TensorFlow backend for it, or estimator='reparameterization'."
-        )
-    )
+def with_sample_tape_over(state: list, run: Callable[[SampleTape], Any]) -> Any:
+    """`with_sample_tape(run)` for a computation that writes the variables of `state` (the
+    model's seed generators and baselines): each run of `run` starts from their values on
+    entry, in a stateless scope, and the last run's writes are assigned at the end."""
+
+    def pure(tape):
+        entry = [(variable, variable.value) for variable in state]
+        with keras.StatelessScope(state_mapping=entry) as scope:
+            result = run(tape)
+        return result, [scope.get_current_value(variable) for variable in state]
+
+    result, values = with_sample_tape(pure)
+    for variable, value in zip(state, values):
+        if value is not None:
+            variable.assign(value)
+    return result
 
 
 def with_sample_tape(run: Callable[[SampleTape], Any]) -> Any:
     """`run(tape)`, where `tape` can give d log w / dz for the samples it watched.
 
-    Most passes never ask, and `run` runs once. When an estimator asks (DReG), `run` is
-    repeated: once with a zero probe added to every sample, differentiated with respect to
-    the probes, then once more handing out those gradients. `run` must therefore be a pure
-    function of its inputs (the trainer's steps run it in a fresh stateless scope).
+    Most passes never ask, and `run` runs once. When an estimator asks (DReG), which samples
+    depend on which is read from the traced program of a pass with a zero probe added to
+    every sample; then `run` runs with the probes, differentiated with respect to them, and
+    once more handing out those gradients. `run` must therefore be a pure function of its
+    inputs (the trainer's steps run it in a fresh stateless scope).
     """
     recording = SampleTape()
     try:
@@ -139,9 +148,42 @@ def with_sample_tape(run: Callable[[SampleTape], Any]) -> Any:
         pass
     zeros = [jnp.zeros(p.shape, p.dtype) for p in recording.parts]
 
-    def probed_target(probes):
+    def probed_samples(probes):
         tape = SampleTape(probes=probes)
+        try:
+            run(tape)
+        except PathGradientRequested:
+            pass  # every sample is drawn before the first request
+        return tape.parts
+
+    dependencies = _dependencies(jax.make_jaxpr(probed_samples)(zeros))
+
+    def probed_target(probes):
+        tape = SampleTape(probes=probes, dependencies=dependencies)
         run(tape)
         return jnp.sum(tape.target)
 
-    return run(SampleTape(gradients=jax.grad(probed_target)(zeros)))
+    gradients = jax.grad(probed_target)(zeros)
+    return run(SampleTape(gradients=gradients, dependencies=dependencies))
+
+
+def _dependencies(closed_jaxpr) -> list:
+    """For each output of a traced program, the indices of the inputs it was computed from.
+
+    A walk over the program's equations; an equation with a sub-program (a loop, a branch, a
+    nested jit) counts every output as computed from every input, which can only claim too
+    much dependence (an error where TensorFlow would train), never too little.
+    """
+    jaxpr = closed_jaxpr.jaxpr
+    reached = {variable: {i} for i, variable in enumerate(jaxpr.invars)}
+
+    def sources(variable) -> set:
+        if type(variable).__name__ == "Literal":
+            return set()
+        return reached.get(variable, set())
+
+    for equation in jaxpr.eqns:
+        inputs = set().union(*(sources(v) for v in equation.invars))
+        for variable in equation.outvars:
+            reached[variable] = inputs
+    return [sources(variable) for variable in jaxpr.outvars]

@@ -83,9 +83,10 @@ class SampleTape:
         return any(g is not None for g in connected)
 
 
-def new_sample_tape() -> SampleTape:
-    """A `SampleTape` for one forward pass and objective."""
-    return SampleTape()
+def with_sample_tape_over(state: list, run: Callable[[SampleTape], Any]) -> Any:
+    """`with_sample_tape(run)`: on TensorFlow `run` runs once, writing `state` as it goes."""
+    del state
+    return with_sample_tape(run)
 
 
 def with_sample_tape(run: Callable[[SampleTape], Any]) -> Any:
