@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
 
@@ -81,7 +80,8 @@ def main(
     train_seconds = time.perf_counter() - start
 
     logits = kvi.predict_samples(model, x_test, num_samples=num_samples)
-    probs = tf.nn.softmax(logits, axis=-1).numpy().mean(axis=0)  # posterior predictive
+    # The posterior predictive: the softmax averaged over the posterior samples.
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)).mean(axis=0)
     accuracy = float((probs.argmax(axis=1) == y_test).mean())
     nll = float(-np.log(probs[np.arange(len(y_test)), y_test] + 1e-12).mean())
     ece = expected_calibration_error(probs, y_test)

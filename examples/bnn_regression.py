@@ -22,12 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_probability as tfp  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
 
-tfd = tfp.distributions
+tfd = kvi.distributions  # TFP's distributions for the active Keras backend
 
 NOISE_SD = 0.1
 DATA_RANGES = ((-4.0, -1.5), (1.5, 4.0))
@@ -66,9 +64,9 @@ def build_model(hidden: int = 32, layer: str = "flipout") -> kvi.VariationalMode
     return kvi.VariationalModel(inputs, outputs, likelihood="normal")
 
 
-def likelihood_distribution(outputs: tf.Tensor) -> tfd.Distribution:
+def likelihood_distribution(outputs) -> tfd.Distribution:
     """The normal the model's likelihood builds from its output (for predictive moments)."""
-    return tfd.Normal(outputs[..., :1], tf.nn.softplus(outputs[..., 1:]) + 1e-5)
+    return tfd.Normal(outputs[..., :1], keras.ops.softplus(outputs[..., 1:]) + 1e-5)
 
 
 def predictive(model, x: np.ndarray, num_samples: int) -> dict:
