@@ -42,7 +42,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
 
@@ -110,36 +109,22 @@ def encoder_variables(model) -> list:
 def gradient_variance(model, batch: np.ndarray, draws: int) -> float:
     """Sum over encoder weights of the variance of `draws` gradient estimates on one batch.
 
-    Each draw is a full training-mode estimate (fresh noise, the estimator's own surrogate);
-    the model's non-trainable state (moving averages, seed generators) is restored after.
+    Each draw is a full training-mode estimate (fresh noise, the estimator's own surrogate),
+    taken by `kvi.gradient_variance`, which leaves the model's state as it was.
     """
-    variables = encoder_variables(model)
-    saved = [v.numpy() for v in model.non_trainable_variables]
-
-    @tf.function
-    def one_draw(x):
-        with tf.GradientTape() as tape:
-            loss = model.compute_objective(x, x, training=True)["loss"]
-        return [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-
-    x = tf.constant(batch)
-    grads = [np.concatenate([g.numpy().ravel() for g in one_draw(x)]) for _ in range(draws)]
-    for v, value in zip(model.non_trainable_variables, saved):
-        v.assign(value)
-    return float(np.var(np.stack(grads), axis=0, ddof=1).sum())
+    estimates = kvi.gradient_variance(model, batch, num_estimates=draws, seed=0)
+    return float(sum(estimates.variance[v.path] for v in encoder_variables(model)))
 
 
 def test_elbo(model, x_test: np.ndarray, passes: int) -> float:
     """The discrete ELBO (exact samples in evaluation mode), averaged over `passes` draws."""
-
-    @tf.function
-    def bound(x):
-        return model.compute_objective(
-            x, x, training=False, num_samples=1, objective="elbo", kl_weight=tf.constant(1.0)
+    bounds = [
+        model.compute_objective(
+            x_test, x_test, training=False, num_samples=1, objective="elbo", kl_weight=1.0
         )["bound"]
-
-    x = tf.constant(x_test)
-    return float(np.mean([bound(x).numpy().mean() for _ in range(passes)]))
+        for _ in range(passes)
+    ]
+    return float(np.mean([keras.ops.convert_to_numpy(b).mean() for b in bounds]))
 
 
 def train_one(name, spec, data, *, steps, batch_size, hidden, jit_compile, x_test, options):

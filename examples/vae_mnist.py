@@ -71,10 +71,10 @@ def save_grid(model, test_images: np.ndarray, path: str, seed: int = 0) -> None:
 
     n = 10
     originals = test_images[:n]
-    recon = keras.ops.sigmoid(model.predict(originals, verbose=0)).numpy()
+    recon = keras.ops.convert_to_numpy(keras.ops.sigmoid(model.predict(originals, verbose=0)))
     decoder = model.get_layer("decoder")
     z = keras.random.normal((2 * n, LATENT), seed=seed)
-    samples = keras.ops.sigmoid(decoder(z)).numpy()
+    samples = keras.ops.convert_to_numpy(keras.ops.sigmoid(decoder(z)))
     rows = [originals, recon, samples[:n], samples[n:]]
     titles = ["test digits", "reconstructions", "prior samples", ""]
     fig, axes = plt.subplots(4, n, figsize=(n, 4.4))
@@ -96,10 +96,12 @@ def main(
     hidden: int = 512,
     seed: int = 0,
     num_train: int = 4000,
+    num_test: int = 1000,
     verbose: int = 1,
 ) -> dict:
     keras.utils.set_random_seed(seed)
     x_train, _, x_test, _ = mnist_subset(num_train=num_train, seed=seed)
+    x_test = x_test[:num_test]  # the images after the training ones: 1,000 by default
     model = build_vae(hidden=hidden)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     steps_per_epoch = -(-len(x_train) // batch_size)

@@ -420,8 +420,10 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             # Estimators may ask for d log w / dz (DReG): a tape watches each reparameterized
             # z through the forward pass and the objective (on JAX, by running them again
             # over the same state). Taken only on request: unused, it adds nothing.
+            optimizer = getattr(self, "optimizer", None)
             return backend.gradients.with_sample_tape_over(
-                list(self.non_trainable_variables),
+                # Everything the pass reads: the model's variables and the step count.
+                list(self.variables) + ([optimizer.iterations] if optimizer else []),
                 lambda tape: self.compute_objective(
                     x,
                     y,

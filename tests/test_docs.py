@@ -7,6 +7,8 @@ import pytest
 import keras_vi as kvi
 import keras_vi.callbacks
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 
 def _public_classes():
     modules = [

@@ -1,7 +1,8 @@
 """Every `>>>` example in keras_vi's docstrings runs, and shows the output it really gives.
 
-The examples share a small namespace: `keras`, `tf`, `tfp`, `tfd`, `np`, `kvi`, and the
-fixtures below, built fresh for each docstring that names them:
+The examples share a small namespace: `keras`, `tfd` (`kvi.distributions`: TFP's distributions
+for the active backend), `np`, `kvi`, on TensorFlow also `tf` and `tfp`, and the fixtures below,
+built fresh for each docstring that names them:
 
 * `x`, `h`, `logits`: a Keras input of 784 pixels, its hidden features (64 units) and the
   logits of a tiny VAE graph `x -> h -> z -> logits` (latent "z" of 8 units).
@@ -11,6 +12,10 @@ fixtures below, built fresh for each docstring that names them:
   and 50 inputs in [-3, 3].
 
 Each docstring runs in a fresh temporary working directory, so examples may write `"logs"`.
+
+A docstring whose examples call TensorFlow itself (`tf.GradientTape`, `tf.io.gfile`, ...) is a
+TensorFlow example by nature and runs on TensorFlow only; every other one runs on TensorFlow and
+on JAX (`_backends`; `test_tensorflow_only_examples_are_those_that_call_tensorflow`).
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
 
 import keras_vi as kvi
 import keras_vi.callbacks
 
-tfd = tfp.distributions
+pytestmark = pytest.mark.backends("tensorflow", "jax")  # some examples: TensorFlow only, below
+
+BACKEND = keras.backend.backend()
+tfd = kvi.distributions
 
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 _PACKAGES = (kvi, keras_vi.callbacks)
@@ -57,8 +63,27 @@ def _doctests():
 
 DOCTESTS = _doctests()
 
+# TensorFlow's own API in an example: `tf.` anywhere, or an import of TensorFlow.
+_CALLS_TENSORFLOW = re.compile(r"\btf\.|\bimport tensorflow\b|\bfrom tensorflow\b")
+
+
+def _source(test: doctest.DocTest) -> str:
+    return "\n".join(example.source for example in test.examples)
+
+
+def _backends(test: doctest.DocTest) -> tuple[str, ...]:
+    """TensorFlow only for a docstring whose examples call TensorFlow; else both backends."""
+    if _CALLS_TENSORFLOW.search(_source(test)):
+        return ("tensorflow",)
+    return ("tensorflow", "jax")
+
 
 # ---------------------------------------------------------------------------- fixtures
+# XLA would only add compile time on TensorFlow (graph steps); on JAX steps without
+# `jax.jit` run op by op, which is far slower.
+_JIT = BACKEND == "jax"
+
+
 def _graph():
     x = keras.Input((784,))
     h = keras.layers.Dense(64, activation="relu")(x)
@@ -78,7 +103,7 @@ def _data():
 def _vae():
     graph = _graph()
     vae = kvi.VariationalModel(graph["x"], graph["logits"], likelihood="bernoulli")
-    vae.compile(optimizer="adam", jit_compile=False)  # XLA would only add compile time here
+    vae.compile(optimizer="adam", jit_compile=_JIT)
     return {"vae": vae}
 
 
@@ -88,7 +113,7 @@ def _regression():
     model = kvi.VariationalModel(
         inputs, kvi.layers.DenseFlipout(2)(h), likelihood="normal", num_examples=50
     )
-    model.compile(optimizer="adam", jit_compile=False)
+    model.compile(optimizer="adam", jit_compile=_JIT)
     return {"model": model, "x_grid": np.linspace(-3.0, 3.0, 50, dtype="float32")[:, None]}
 
 
@@ -106,8 +131,13 @@ _FIXTURES = {
 
 def _namespace(test: doctest.DocTest) -> dict:
     namespace = dict(test.globs)
-    namespace.update(keras=keras, tf=tf, tfp=tfp, tfd=tfd, np=np, kvi=kvi)
-    source = "\n".join(example.source for example in test.examples)
+    namespace.update(keras=keras, tfd=tfd, np=np, kvi=kvi)
+    if BACKEND == "tensorflow":  # on JAX an example that needs `tf` fails with a NameError
+        import tensorflow as tf
+        import tensorflow_probability as tfp
+
+        namespace.update(tf=tf, tfp=tfp)
+    source = _source(test)
     factories = []
     for name, factory in _FIXTURES.items():
         if re.search(rf"\b{name}\b", source) and factory not in factories:
@@ -118,7 +148,11 @@ def _namespace(test: doctest.DocTest) -> dict:
 
 
 # ---------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("test", DOCTESTS, ids=lambda test: test.name)
+@pytest.mark.parametrize(
+    "test",
+    [pytest.param(test, marks=pytest.mark.backends(*_backends(test))) for test in DOCTESTS],
+    ids=lambda test: test.name,
+)
 def test_docstring_example(test, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runnable = doctest.DocTest(
@@ -148,3 +182,22 @@ def test_every_example_is_collected_and_none_is_skipped():
                 in_source[str(path)] = count
     assert collected == in_source
     assert sum(collected.values()) >= 90
+
+
+def test_tensorflow_only_examples_are_those_that_call_tensorflow():
+    assert _backends(_parse(">>> with tf.GradientTape() as tape:\n...     pass\n")) == (
+        "tensorflow",
+    )
+    assert _backends(_parse(">>> import tensorflow as tf\n")) == ("tensorflow",)
+    for source in (">>> q = tfd.Normal(0.0, 1.0)\n", ">>> leaf.tf = 1\n", ">>> kvi.tfx = 2\n"):
+        assert _backends(_parse(source)) == ("tensorflow", "jax"), source
+    # Most docstrings are backend-agnostic; the TensorFlow ones are the exception.
+    tensorflow_only = [test.name for test in DOCTESTS if _backends(test) == ("tensorflow",)]
+    assert len(tensorflow_only) < 0.2 * len(DOCTESTS), tensorflow_only
+    # Off TensorFlow, an example that reaches for `tf` without the rule seeing it fails.
+    namespace = _namespace(_parse(">>> tf\n"))
+    assert ("tf" in namespace) == (BACKEND == "tensorflow")
+
+
+def _parse(source: str) -> doctest.DocTest:
+    return doctest.DocTestParser().get_doctest(source, {}, "example", "example.py", 0)

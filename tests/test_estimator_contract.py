@@ -12,6 +12,8 @@ from keras_vi.estimators import base
 
 from conftest import small_vae
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 
 def test_builtin_estimators_declare_the_contract():
     declared = {
@@ -110,7 +112,11 @@ def test_step_hooks_see_each_batch_before_the_update():
     def hook(x, y, step):
         seen.assign_add(keras.ops.sum(x) * 0.0 + keras.ops.cast(keras.ops.shape(x)[0], "float32"))
         steps.assign(keras.ops.cast(step, "int64"))
-        first_kernel.assign(keras.ops.where(step == 0, kernel, first_kernel))
+        first_kernel.assign(keras.ops.where(step == 0, kernel.value, first_kernel.value))
+
+    # The variables besides the model's that the hook writes (`add_step_hook`'s contract: a
+    # stateless step, JAX's, carries only those as state).
+    hook.variables = [seen, steps, first_kernel]
 
     before = kernel.numpy().copy()
     model.add_step_hook(hook)

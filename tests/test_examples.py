@@ -9,6 +9,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 import seed_recipes  # noqa: E402
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 
 def test_vae_mnist_smoke(tmp_path):
     import vae_mnist
@@ -36,7 +38,7 @@ def test_recipe_a_reparameterized_normal_layer_learns():
 
 def test_recipe_b_categorical_learns_only_with_an_estimator():
     result = seed_recipes.recipe_b_categorical_score_function()
-    assert result["naive_gradient_is_none"]
+    assert result["naive_gradient_vanishes"]  # None on TensorFlow, zeros on JAX
     assert result["accuracy"] > 0.8  # chance is 0.2
     assert result["final_nll"] < result["first_nll"]
 

@@ -9,6 +9,8 @@ import keras_vi as kvi
 
 from conftest import small_vae
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 
 class CountBatches(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):

@@ -11,6 +11,8 @@ import keras_vi as kvi
 
 from conftest import small_vae
 
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
 
 def test_error_reparameterization_on_discrete_q(binary_data):
     latent = kvi.layers.BernoulliLatent(4, estimator=kvi.estimators.Reparameterization())

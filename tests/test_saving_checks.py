@@ -6,15 +6,15 @@ import functools
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
 
 import keras_vi as kvi
 from keras_vi._serialization import check_registered
 
 from conftest import small_vae
 
-tfd = tfp.distributions
+pytestmark = pytest.mark.backends("tensorflow", "jax")
+
+tfd = kvi.distributions
 
 
 # ----------------------------------------------------------- module-level callables
@@ -32,23 +32,23 @@ def poisson(log_rate):  # named like keras.losses.poisson: a load would find tha
 
 
 def gaussian_unregistered(params):
-    loc, raw = tf.split(params, 2, axis=-1)
-    return tfd.Independent(tfd.Normal(loc, tf.nn.softplus(raw) + 1e-3), 1)
+    loc, raw = keras.ops.split(params, 2, axis=-1)
+    return tfd.Independent(tfd.Normal(loc, keras.ops.softplus(raw) + 1e-3), 1)
 
 
 @keras.saving.register_keras_serializable(package="keras_vi_tests")
 def gaussian_registered(params):
-    loc, raw = tf.split(params, 2, axis=-1)
-    return tfd.Independent(tfd.Normal(loc, tf.nn.softplus(raw) + 1e-3), 1)
+    loc, raw = keras.ops.split(params, 2, axis=-1)
+    return tfd.Independent(tfd.Normal(loc, keras.ops.softplus(raw) + 1e-3), 1)
 
 
 def laplace_unregistered(q):
-    return tfd.Independent(tfd.Laplace(tf.zeros(q.event_shape), 1.0), 1)
+    return tfd.Independent(tfd.Laplace(keras.ops.zeros(tuple(q.event_shape)), 1.0), 1)
 
 
 @keras.saving.register_keras_serializable(package="keras_vi_tests")
 def laplace_registered(q):
-    return tfd.Independent(tfd.Laplace(tf.zeros(q.event_shape), 1.0), 1)
+    return tfd.Independent(tfd.Laplace(keras.ops.zeros(tuple(q.event_shape)), 1.0), 1)
 
 
 class HalfScore(kvi.estimators.ScoreFunction):  # a custom estimator, not registered
@@ -116,7 +116,7 @@ def test_closure_likelihood(tmp_path):
     "distribution_fn, name",
     [
         (
-            lambda p: tfd.Independent(tfd.Normal(p[:, :4], tf.nn.softplus(p[:, 4:]) + 1e-3), 1),
+            lambda p: tfd.Independent(tfd.Normal(p[:, :4], keras.ops.softplus(p[:, 4:]) + 1e-3), 1),
             "<lambda>",
         ),
         (gaussian_unregistered, "gaussian_unregistered"),
@@ -131,7 +131,10 @@ def test_unregistered_distribution_fn(distribution_fn, name, tmp_path):
 @pytest.mark.parametrize(
     "prior, name",
     [
-        (lambda q: tfd.Independent(tfd.Laplace(tf.zeros(q.event_shape), 1.0), 1), "<lambda>"),
+        (
+            lambda q: tfd.Independent(tfd.Laplace(keras.ops.zeros(tuple(q.event_shape)), 1.0), 1),
+            "<lambda>",
+        ),
         (laplace_unregistered, "laplace_unregistered"),
         (WithConfig(), "WithConfig"),
     ],
@@ -204,12 +207,12 @@ def test_loadable_values_pass(value):
 @pytest.mark.parametrize(
     "value, fragment",
     [
-        (tf.nn.relu, "Keras's own function named 'relu'"),
+        (keras.ops.relu, "Keras's own function named 'relu'"),  # not keras.activations.relu
         (functools.partial(bernoulli_registered), "functools.partial instance cannot be saved"),
         (WithConfig(), "WithConfig instance cannot be saved: its class WithConfig is not regis"),
         (WithConfig, "not registered"),
     ],
-    ids=["tf.nn.relu", "partial", "object", "class"],
+    ids=["keras.ops.relu", "partial", "object", "class"],
 )
 def test_refused_values(value, fragment):
     with pytest.raises(ValueError, match="Owner 'o': the `argument` ") as info:

@@ -115,9 +115,10 @@ class SampleTape:
 
 
 def with_sample_tape_over(state: list, run: Callable[[SampleTape], Any]) -> Any:
-    """`with_sample_tape(run)` for a computation that writes the variables of `state` (the
-    model's seed generators and baselines): each run of `run` starts from their values on
-    entry, in a stateless scope, and the last run's writes are assigned at the end."""
+    """`with_sample_tape(run)` for a computation that reads and writes the variables of
+    `state` (all the model's and optimizer's: an inner stateless scope hides what an
+    enclosing one maps): each run starts from their values on entry, and the last run's
+    writes are assigned at the end."""
 
     def pure(tape):
         entry = [(variable, variable.value) for variable in state]
@@ -125,10 +126,11 @@ def with_sample_tape_over(state: list, run: Callable[[SampleTape], Any]) -> Any:
             result = run(tape)
         return result, [scope.get_current_value(variable) for variable in state]
 
+    entry_values = [variable.value for variable in state]
     result, values = with_sample_tape(pure)
-    for variable, value in zip(state, values):
-        if value is not None:
-            variable.assign(value)
+    for variable, old, new in zip(state, entry_values, values):
+        if new is not None and new is not old:
+            variable.assign(new)
     return result
 
 
