@@ -85,9 +85,12 @@ class VariationalTrainer:
                 optimizer_values, grads, trainable
             )
         else:
-            new_trainable, new_optimizer = _apply_if(
+            # A select, which XLA fuses into the update (the compiled step has the same
+            # operations as one without the check); a `lax.cond` copies every weight and
+            # slot out of the skipped branch, and on GPUs reads its predicate on the host.
+            new_trainable, new_optimizer = _where(
                 ok,
-                lambda: self.optimizer.stateless_apply(optimizer_values, grads, trainable),
+                self.optimizer.stateless_apply(optimizer_values, grads, trainable),
                 (list(trainable), list(optimizer_values)),
             )
         restored = {id(v) for v in self._step_state()}
@@ -268,16 +271,6 @@ def _values(scope, variables, previous) -> list:
         new = scope.get_current_value(variable)
         values.append(old if new is None else new)
     return values
-
-
-def _apply_if(ok, apply, current):
-    """`apply()` where `ok`, else `current` (the same structure of arrays).
-
-    A select, which XLA fuses into the update itself (the compiled step has the same
-    operations as one without the check). A branch (`lax.cond`) copies every weight and
-    optimizer slot out of the skipped branch, and on GPUs reads its predicate on the host.
-    """
-    return _where(ok, apply(), current)
 
 
 def _where(ok, new, old):
