@@ -14,8 +14,9 @@ comma := ,
 # single-threaded), each into .test-<backend>.log, printed at the end.
 BACKENDS := tensorflow jax
 # Other stacks (constraints/<name>.txt), each with the backend its suite runs on: the minimum
-# pins and Kaggle's image on TensorFlow (the whole suite), the oldest JAX keras_vi claims on
-# JAX (the tests of MINIMUM_JAX_TESTS: the whole JAX suite would not fit CI's time).
+# pins and Kaggle's image on TensorFlow (the suite but its slowest tests), the oldest JAX
+# keras_vi claims on JAX (the tests of MINIMUM_JAX_TESTS: the whole JAX suite would not fit
+# CI's time).
 MATRIX := minimum:tensorflow kaggle:tensorflow minimum-jax:jax
 MINIMUM_JAX_TESTS := tests/test_jax_backend.py tests/test_architecture.py \
 	tests/test_closed_forms.py tests/test_estimator_contract.py
@@ -69,9 +70,10 @@ test: lint
 		-e ".[test$(if $(findstring jax,$*),$(comma)jax)]"
 	touch $@
 
-# The full suite on every stack of MATRIX, each in its own venv (installed one after another).
+# The suite on every stack of MATRIX, each in its own venv (installed one after another),
+# without the tests marked slow (tests/conftest.py: SLOW_TESTS), which `make test` runs.
 matrix: $(foreach entry,$(MATRIX),.venv-$(firstword $(subst :, ,$(entry)))/.test)
-	@printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry))) $(if $(findstring jax,$(firstword $(subst :, ,$(entry)))),$(MINIMUM_JAX_TESTS))") | { $(SUITES); }
+	@export KERAS_VI_SKIP_SLOW=1; printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry))) $(if $(findstring jax,$(firstword $(subst :, ,$(entry)))),$(MINIMUM_JAX_TESTS))") | { $(SUITES); }
 
 bench: $(VENV)/.examples
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

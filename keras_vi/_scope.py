@@ -55,6 +55,8 @@ class StepScope:
     step: Any = None  # the training step (optimizer.iterations) for scheduled estimators
     # ids of the latent layers that tile their inputs K times (the model's batch is untiled)
     tile_inputs_of: frozenset = frozenset()
+    # ids of the latent layers that tile their `prior_params` K times
+    tile_prior_params_of: frozenset = frozenset()
 
     def add_latent(self, site: Site) -> None:
         calls = sum(1 for other in self.latents if other.name == site.name)

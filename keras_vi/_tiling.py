@@ -23,6 +23,8 @@ class Plan:
 
     latents: frozenset = frozenset()
     reason: str | None = None
+    # Latent layers (by `id`) whose `prior_params` come from the untiled part of the graph
+    prior_params_of: frozenset = frozenset()
 
 
 def check_tile_at(value) -> str:
@@ -62,13 +64,21 @@ def plan(model: keras.Model) -> Plan:
     tiled = {id(t): False for t in model.inputs}  # keras tensor -> carries K copies per example
     tile_here: set[int] = set()
     no_tile: set[int] = set()
+    tile_prior_params: set[int] = set()
     for depth in sorted(nodes_by_depth, reverse=True):
         for node in nodes_by_depth[depth]:
             if node.is_input or node.operation is None:
                 continue
             operation = node.operation
             name = getattr(operation, "name", type(operation).__name__)
-            flags = [tiled[id(t)] for t in node.input_tensors]
+            prior_params = None
+            if isinstance(operation, Latent):
+                # A structured latent's prior parameters are tiled on their own (they may come
+                # from another latent, or from the untiled inputs: p(z | c)).
+                prior_params = node.arguments.kwargs.get("prior_params")
+            flags = [tiled[id(t)] for t in node.input_tensors if t is not prior_params]
+            if prior_params is not None and not tiled[id(prior_params)]:
+                tile_prior_params.add(id(operation))
             if any(flags) and not all(flags):
                 return Plan(
                     reason=f"layer {name!r} combines tensors from before and after a latent layer"
@@ -90,4 +100,4 @@ def plan(model: keras.Model) -> Plan:
     for t in model.outputs:
         if not tiled.get(id(t), False):
             return Plan(reason=f"output {t.name!r} does not depend on any latent layer")
-    return Plan(latents=frozenset(tile_here))
+    return Plan(latents=frozenset(tile_here), prior_params_of=frozenset(tile_prior_params))

@@ -470,7 +470,9 @@ def gradient_variance(
             variable.assign(value)
         return out
 
-    out = backend_gradients.function(run, jit_compile=jit_compile)(x, y, _seed_pair(seed))
+    out = backend_gradients.function(run, jit_compile=jit_compile, model=model)(
+        x, y, _seed_pair(seed)
+    )
     out = tree.map_structure(ops.convert_to_numpy, out)
     return GradientVariance(
         total_variance=float(out["total_variance"]),
@@ -567,7 +569,7 @@ class LatentProbe:
     def __init__(self, model: keras.Model):
         self.model = model
         self._fn = backend_gradients.function(
-            lambda x: _probe(model, x)["latents"], reduce_retracing=True
+            lambda x: _probe(model, x)["latents"], reduce_retracing=True, model=model
         )
 
     def __call__(

@@ -50,7 +50,9 @@ def _bound_function(model, num_samples: int, jit_compile: bool, x_spec, y_spec):
             )
             return out["bound"]
 
-        cache[key] = gradients.function(bound, jit_compile, batch_specs=[x_spec, y_spec])
+        cache[key] = gradients.function(
+            bound, jit_compile, batch_specs=[x_spec, y_spec], model=model_ref
+        )
     return cache[key]
 
 

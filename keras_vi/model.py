@@ -448,6 +448,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         )
         if k > 1 and self.resolved_tile_at == "latent":
             scope.tile_inputs_of = self._tiling_plan.latents
+            scope.tile_prior_params_of = self._tiling_plan.prior_params_of
             x_tiled = x
         else:
             x_tiled = _layout.tile(x, k)

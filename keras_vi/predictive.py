@@ -73,7 +73,7 @@ def _sampler(model, num_samples: int, training: bool):
                 lambda t, r: ops.concatenate([ops.expand_dims(t, 0), r], axis=0), first, rest
             )
 
-        cache[key] = gradients.function(run, reduce_retracing=True)
+        cache[key] = gradients.function(run, reduce_retracing=True, model=weakref.ref(model))
     return cache[key]
 
 

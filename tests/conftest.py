@@ -34,19 +34,50 @@ if BACKEND == "tensorflow":
     )
 
 
+# The longest end-to-end and statistical checks (about 10-45 s each on 2 CPU cores), marked
+# `slow`. `make test` runs them; `make matrix` runs the suite on the older stacks without them
+# (`-m "not slow"`): what they check is the maths and examples on top of the same Keras and TFP
+# calls that the rest of the suite already exercises on every stack.
+SLOW_TESTS = {
+    "test_bayesian_layers.py::test_all_layers_train_under_xla_in_a_functional_model",
+    "test_bayesian_layers.py::test_mnist_example_smoke",
+    "test_bayesian_layers.py::test_regression_example_uncertainty_grows_far_from_the_data",
+    "test_conventions.py::test_fit_sample_weight_scales_the_gradient",
+    "test_diagnostics.py::test_gradient_variance_function_matches_closed_form_and_leaves_model_alone",
+    "test_diagnostics.py::test_logger_works_with_kl_annealing_in_either_order",
+    "test_diagnostics.py::test_logging_does_not_disturb_training",
+    "test_estimators_models.py::test_discrete_vae_example_smoke",
+    "test_estimators_models.py::test_mixed_estimators_train_under_xla_and_round_trip",
+    "test_estimators_models.py::test_num_samples_benchmark_smoke",
+    "test_examples.py::test_recipe_d_analytic_kl_matches_closed_form",
+    "test_examples.py::test_recipe_f_flow_posterior_uses_monte_carlo_kl",
+    "test_examples.py::test_vae_mnist_smoke",
+    "test_reliability.py::test_training_goes_on_after_a_bad_batch",
+    "test_reliability_properties.py::test_normal_latent_width",
+}
+# Set by `make matrix`: deselect the tests marked slow.
+SKIP_SLOW = os.environ.get("KERAS_VI_SKIP_SLOW") == "1"
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "backends(*names): the Keras backends the test runs on (default: tensorflow only)",
+    )
+    config.addinivalue_line(
+        "markers", "slow: a long check that `make matrix` leaves out (see SLOW_TESTS)"
     )
 
 
 def pytest_collection_modifyitems(config, items):
     selected, deselected = [], []
     for item in items:
+        if f"{item.path.name}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
         marker = item.get_closest_marker("backends")
         names = marker.args if marker is not None else ("tensorflow",)
-        (selected if BACKEND in names else deselected).append(item)
+        skipped_as_slow = SKIP_SLOW and item.get_closest_marker("slow") is not None
+        (selected if BACKEND in names and not skipped_as_slow else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected

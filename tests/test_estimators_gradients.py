@@ -408,7 +408,7 @@ def test_trained_nvil_baseline_halves_the_variance_on_bernoulli_toy():
 
         # The value is a cost: descending it trains the baseline (maximize=False default).
         weights = network.trainable_variables
-        grads = gradients(value, weights)
+        grads = gradients(value, weights, jit=False)  # compiling 300 closures costs more
         if keras.backend.backend() == "jax":
             # JAX's gradient drops value()'s writes to the centring moving average; the same
             # call again (same seed and weights) makes the update TensorFlow's tape keeps.
@@ -499,7 +499,8 @@ def test_vimco_and_dreg_agree_with_tfp_reference():
             )
             return -ops.sum(loss)  # one loss per copy; minus: loss is -bound
 
-        theirs_grads = gradients(tfp_bound, [loc, log_scale])
+        # TFP's loss does not trace under jax.jit: eager there.
+        theirs_grads = gradients(tfp_bound, [loc, log_scale], jit=False)
         results[ours] = [
             round(assert_same_mean(a, b, f"{ours} vs TFP d/d{p}"), 2)
             for a, b, p in zip(ours_grads, theirs_grads, ["loc", "log_scale"])

@@ -8,6 +8,7 @@ and `keras.tree`, over TFP's distributions for the active backend:
 * `random`: stateless seeds and draws from tensor seeds (TFP's seed format);
 * `data`: what keras_vi reads from a backend's dataset type (its size);
 * `gradients`: gradients that estimators and diagnostics need beyond the training step;
+* `untracked_variables`: variables a distribution holds that Keras does not track;
 * `VariationalTrainer`: `train_step` / `test_step` of `kvi.VariationalModel`.
 """
 
@@ -25,6 +26,7 @@ if NAME == "tensorflow":
         gradients,
         random,
         trainer,
+        untracked_variables,
     )
     from keras_vi.backend.tensorflow.trainer import VariationalTrainer
 elif NAME == "jax":
@@ -35,6 +37,7 @@ elif NAME == "jax":
         gradients,
         random,
         trainer,
+        untracked_variables,
     )
     from keras_vi.backend.jax.trainer import VariationalTrainer
 else:
@@ -53,4 +56,5 @@ __all__ = [
     "gradients",
     "random",
     "trainer",
+    "untracked_variables",
 ]

@@ -9,7 +9,17 @@ from typing import Any
 import keras
 from keras import ops, tree
 
-from keras_vi import _checks, _layout, _prediction, _random, _scope, divergences, estimators, priors
+from keras_vi import (
+    _checks,
+    _layout,
+    _prediction,
+    _random,
+    _scope,
+    backend,
+    divergences,
+    estimators,
+    priors,
+)
 from keras_vi._scope import in_symbolic_scope
 from keras_vi.backend import distributions as tfd
 from keras_vi.backend import random as backend_random
@@ -63,6 +73,16 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             inside a `VariationalModel` step (outside one, the draws are fresh).
         seed: optional int for this layer's `keras.random.SeedGenerator`.
 
+    Call arguments:
+        inputs: the parameters of q, one row per example.
+        training: Keras's training flag.
+        prior_params: optional tensor, one row per example, from which this call's prior is
+            built (a structured latent: p(z1 | z2) from another latent, or p(z | c) from an
+            input). `prior` must then be a callable prior_params -> tfd.Distribution
+            (`NormalLatent` reads loc and softplus scale from it instead). Under
+            `tile_at="latent"` it is tiled with the latent's input where it comes from the
+            untiled part of the model.
+
     Example:
         >>> def gaussian(params):
         ...     loc, raw = keras.ops.split(params, 2, axis=-1)
@@ -106,6 +126,7 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         self.kl_samples = kl_samples
         self.seed = seed
         self.seed_generator = _random.make_seed_generator(seed, self.name)
+        self._tracked_checked = False
         self._resolved_estimator = None if self.estimator == "auto" else self.estimator
         self.baseline = getattr(self._resolved_estimator, "baseline", None)
 
@@ -114,11 +135,16 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         return self.distribution_fn(inputs)
 
     def build(self, input_shape):
+        probe_shape = [1 if d is None else d for d in input_shape]
+        probe = None
+        if self.distribution_fn is not None:
+            probe = self.make_distribution(ops.zeros(probe_shape))
+            self._check_tracked(probe)
         if self._resolved_estimator is None:
             reparameterized = self.reparameterized
             if reparameterized is None:
-                probe_shape = [1 if d is None else d for d in input_shape]
-                probe = self.make_distribution(ops.zeros(probe_shape))
+                if probe is None:
+                    probe = self.make_distribution(ops.zeros(probe_shape))
                 reparameterized = estimators.is_reparameterized(probe)
             self._resolved_estimator = estimators.resolve_auto(reparameterized)
             logger.info(
@@ -131,13 +157,32 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             self.baseline.build(input_shape)
         self.built = True
 
+    def _check_tracked(self, q) -> None:
+        """A q holding variables Keras does not track would train without them, silently."""
+        untracked = backend.untracked_variables(q)
+        if untracked:
+            names = ", ".join(repr(getattr(v, "name", type(v).__name__)) for v in untracked[:4])
+            more = f" and {len(untracked) - 4} more" if len(untracked) > 4 else ""
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: the distribution from `distribution_fn` "
+                f"({type(q).__name__}) holds {len(untracked)} variable(s) that Keras 3 does not "
+                f"track ({names}{more}): a bare tf.Variable, or the weights of a Keras 2 "
+                "(tf_keras) layer such as tfb.AutoregressiveNetwork. `fit` would never update "
+                "them. Build q from Keras 3 layers' outputs, or use kvi.flows (IAF, "
+                "AffineCoupling, Planar, SplineCoupling) with kvi.layers.FlowLatent."
+            )
+
     @property
     def resolved_estimator(self) -> estimators.Estimator:
         """The estimator in use (what `"auto"` resolved to, once the layer is built)."""
         return self._resolved_estimator
 
-    def prior_distribution(self, q: tfd.Distribution) -> tfd.Distribution | None:
-        """p(z) for this call's q (None without a prior)."""
+    def prior_distribution(
+        self, q: tfd.Distribution, prior_params: Any = None
+    ) -> tfd.Distribution | None:
+        """p(z) for this call's q (None without a prior), built from `prior_params` if given."""
+        if prior_params is not None:
+            return self._checked_prior(self.make_prior(prior_params), q)
         if self.prior is None:
             return None
         if not estimators.is_joint(q):
@@ -160,12 +205,59 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             ) from err
         return p
 
-    def call(self, inputs, training=None):
+    def make_prior(self, prior_params) -> tfd.Distribution:
+        """p(z) from the tensor passed as `prior_params` (a structured latent's prior).
+
+        Here `prior` must be a callable prior_params -> tfd.Distribution; `NormalLatent`
+        reads loc and softplus scale from the tensor instead.
+        """
+        if not callable(self.prior) or isinstance(self.prior, priors.Prior):
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} was called with `prior_params`, so its "
+                f"`prior` must be a callable prior_params -> tfd.Distribution; got "
+                f"prior={self.prior!r}."
+            )
+        return self.prior(prior_params)
+
+    def _check_prior_params(self, prior_params) -> None:
+        if self.prior is None:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} has prior=None (no KL term) but was "
+                "called with `prior_params`; give it a prior, or drop `prior_params`."
+            )
+        if len(prior_params.shape) < 1:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: `prior_params` must have a batch axis, "
+                f"got shape {tuple(prior_params.shape)}."
+            )
+
+    def _checked_prior(self, p, q) -> tfd.Distribution:
+        if not isinstance(p, tfd.Distribution):
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: the prior built from `prior_params` must "
+                f"be a tfd.Distribution, got {type(p).__name__}."
+            )
+        rows = q.batch_shape[:1]
+        if tuple(p.batch_shape[:1]) != tuple(rows) or tuple(p.event_shape) != tuple(q.event_shape):
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: the prior built from `prior_params` has "
+                f"batch shape {tuple(p.batch_shape)} and event shape {tuple(p.event_shape)}; "
+                f"expected q's {tuple(q.batch_shape)} and {tuple(q.event_shape)} (one prior "
+                "per row of the layer's input)."
+            )
+        return p
+
+    def call(self, inputs, training=None, prior_params=None):
         inputs = ops.cast(inputs, "float32")
         scope = _scope.current_scope()
+        if prior_params is not None:
+            self._check_prior_params(prior_params)
+            prior_params = ops.cast(prior_params, "float32")
         if scope is not None and id(self) in scope.tile_inputs_of:
             # The model did not tile its batch; the K copies of each example start here.
             inputs = _layout.tile(inputs, scope.num_samples)
+        if scope is not None and id(self) in scope.tile_prior_params_of:
+            prior_params = _layout.tile(prior_params, scope.num_samples)
         q = self.make_distribution(inputs)
         if scope is None and _prediction.point_estimates():
             # The model's prediction="mean": a deterministic point of q, no draw.
@@ -173,16 +265,23 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             return self._floating_to_compute_dtype(z)
         estimator = self._resolved_estimator
         seed = _random.draw_tfp_seed(self.seed_generator)
+        prior = None
+        if self.prior is not None and (scope is not None or not _kl_disabled()):
+            prior = self.prior_distribution(q, prior_params)
         if scope is not None:
             estimator.validate(q, objective=scope.objective, num_samples=scope.num_samples)
-            self._validate_kl(q, scope)
+            self._validate_kl(q, prior, scope)
         z = estimator.sample(q, seed)
+        if self.distribution_fn is not None and not self._tracked_checked:
+            # Networks inside q (a tf_keras layer) create their weights at the first draw.
+            self._check_tracked(q)
+            self._tracked_checked = True
         if scope is not None:
             site = _scope.Site(
                 name=self.name,
                 q=q,
                 z=z,
-                prior=self.prior_distribution(q),
+                prior=prior,
                 estimator=estimator,
                 inputs=ops.stop_gradient(inputs),
                 seed=seed,
@@ -207,7 +306,7 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         ):
             # A plain Keras model: report the KL as a Keras loss (a VariationalModel builds
             # the KL itself, so adding it there would count it twice).
-            self.add_loss(self._mean_kl(q, seed))
+            self.add_loss(self._mean_kl(q, prior, seed))
         return self._floating_to_compute_dtype(z)
 
     def _floating_to_compute_dtype(self, z):
@@ -217,11 +316,11 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             z,
         )
 
-    def _mean_kl(self, q: tfd.Distribution, seed):
+    def _mean_kl(self, q: tfd.Distribution, prior: tfd.Distribution, seed):
         """KL(q || prior) per example (summed over q's axes after the first), batch mean."""
         kl = divergences.kl(
             q,
-            self.prior_distribution(q),
+            prior,
             method=self.kl,
             num_samples=self.kl_samples,
             seed=backend_random.fold_in(seed, 1),
@@ -231,7 +330,7 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             kl = ops.sum(ops.reshape(kl, (ops.shape(kl)[0], -1)), axis=1)
         return ops.mean(kl)
 
-    def _validate_kl(self, q, scope):
+    def _validate_kl(self, q, prior, scope):
         if self.prior is None:
             return
         if scope.objective == "iwae" and self.kl == "analytic":
@@ -240,10 +339,14 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
                 "needs log p(z) - log q(z) at every sample. Use kl='auto' or kl='mc'."
             )
         if self.kl == "analytic":
-            divergences.analytic_kl(q, self.prior_distribution(q))
+            divergences.analytic_kl(q, prior)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, training=None, prior_params=None):
         probe = self.make_distribution(ops.zeros([1 if d is None else d for d in inputs.shape]))
+        if prior_params is not None:  # checked when the graph is built, not at the first step
+            self._check_prior_params(prior_params)
+            rows = inputs.shape[0] or 1
+            self.prior_distribution(probe, ops.zeros((rows, *prior_params.shape[1:])))
 
         def spec(event_shape, dtype):
             dtype = keras.backend.standardize_dtype(dtype)
@@ -333,6 +436,15 @@ class NormalLatent(Latent):
         >>> z = kvi.layers.NormalLatent(16, name="z")(params)
         >>> z.shape
         (None, 16)
+
+        A prior that depends on another latent, p(z1 | z2), from `prior_params` (loc and raw
+        scale, as q's input):
+
+        >>> z2 = kvi.layers.NormalLatent(2, name="z2")(keras.layers.Dense(4)(h))
+        >>> z1 = kvi.layers.NormalLatent(3, name="z1")(
+        ...     keras.layers.Dense(6)(h), prior_params=keras.layers.Dense(6)(z2))
+        >>> z1.shape
+        (None, 3)
     """
 
     reparameterized = True
@@ -354,6 +466,22 @@ class NormalLatent(Latent):
         loc, raw_scale = ops.split(inputs, 2, axis=-1)
         scale = ops.softplus(raw_scale) + self.min_scale
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def make_prior(self, prior_params):
+        """p(z | prior_params): loc and softplus scale (plus `min_scale`), as q reads its input."""
+        if not isinstance(self.prior, priors.StandardNormal):
+            raise ValueError(
+                f"NormalLatent {self.name!r} was given both prior={self.prior!r} and "
+                "`prior_params`; with `prior_params` the prior is the Normal they parameterize. "
+                "Leave `prior` at its default."
+            )
+        width = prior_params.shape[-1]
+        if width is not None and width != 2 * self.units:
+            raise ValueError(
+                f"NormalLatent {self.name!r} expects `prior_params` of width {2 * self.units} "
+                f"(loc and scale of its {self.units} units), got {width}."
+            )
+        return self.make_distribution(prior_params)
 
     def get_config(self):
         config = super().get_config()
@@ -445,8 +573,8 @@ class CategoricalLatent(Latent):
         q = tfd.OneHotCategorical(logits=self._logits(inputs), dtype="float32")
         return q if self.num_variables is None else tfd.Independent(q, 1)
 
-    def call(self, inputs, training=None):
-        return self._flatten(super().call(inputs, training=training))
+    def call(self, inputs, training=None, prior_params=None):
+        return self._flatten(super().call(inputs, training=training, prior_params=prior_params))
 
     def _flatten(self, z):
         """[batch, V, classes] samples -> [batch, V * classes] (one variable: unchanged)."""
@@ -454,7 +582,7 @@ class CategoricalLatent(Latent):
             return z
         return ops.reshape(z, (-1, self.num_variables * self.num_classes))
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, training=None, prior_params=None):
         width = self.num_classes * (self.num_variables or 1)
         return keras.KerasTensor((inputs.shape[0], width), dtype=self.compute_dtype)
 

@@ -109,9 +109,10 @@ class RelaxedCategoricalLatent(CategoricalLatent):
         q = tfd.ExpRelaxedOneHotCategorical(temperature, logits=logits)
         return q if self.num_variables is None else tfd.Independent(q, 1)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, prior_params=None):
         # q lives in log space (stable densities); the layer outputs the simplex point.
-        return self._flatten(ops.exp(Latent.call(self, inputs, training=training)))
+        z = Latent.call(self, inputs, training=training, prior_params=prior_params)
+        return self._flatten(ops.exp(z))
 
     def get_config(self):
         config = super().get_config()

@@ -35,3 +35,9 @@ from tensorflow_probability.substrates import jax as _tfp  # noqa: E402
 
 distributions = _tfp.distributions
 bijectors = _tfp.bijectors
+
+
+def untracked_variables(distribution) -> list:
+    """Always empty: TFP's JAX substrate holds arrays, not variables."""
+    del distribution
+    return []

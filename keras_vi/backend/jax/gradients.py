@@ -8,6 +8,7 @@ samples z drawn inside a forward pass (DReG) is the gradient with respect to a z
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,18 +34,54 @@ def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, li
 
 def function(
     fn: Callable,
-    jit_compile: bool = False,
+    jit_compile: bool | None = None,
     reduce_retracing: bool = False,
     batch_specs: list | None = None,
+    model: Any = None,
 ) -> Callable:
-    """`fn`, run eagerly.
+    """`fn` compiled with `jax.jit` over the state of `model` (a model or a weak reference).
 
-    The functions keras_vi compiles on TensorFlow (prediction passes, gradient-variance
-    estimates, log-likelihood bounds) read and write Keras variables; `jax.jit` would freeze
-    the values they read at tracing time, so on JAX they run op by op.
+    The functions keras_vi compiles (prediction passes, gradient-variance estimates,
+    log-likelihood bounds) read and write Keras variables, whose values `jax.jit` would freeze
+    at tracing time. Each call therefore passes the values of the model's and its optimizer's
+    variables in, runs `fn` in a stateless scope mapping them, and assigns the values it
+    wrote. An unbuilt model (whose first call creates variables), `model=None` and
+    `jit_compile=False` run `fn` eagerly, op by op. Each input shape is traced once.
     """
-    del jit_compile, reduce_retracing, batch_specs
-    return fn
+    del reduce_retracing, batch_specs
+    if model is None or jit_compile is False:
+        return fn
+
+    def state() -> list | None:
+        owner = model() if isinstance(model, weakref.ref) else model
+        if owner is None or not owner.built:
+            return None
+        variables = list(owner.variables)
+        optimizer = getattr(owner, "optimizer", None)
+        if optimizer is not None and optimizer.built:
+            variables += list(optimizer.variables)
+        return variables
+
+    def pure(values, args):
+        variables = state()
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            result = fn(*args)
+        written = [scope.get_current_value(variable) for variable in variables]
+        return result, [old if new is None else new for old, new in zip(values, written)]
+
+    compiled = jax.jit(pure)
+
+    def run(*args):
+        variables = state()
+        if variables is None:
+            return fn(*args)
+        values = [variable.value for variable in variables]
+        result, written = compiled(values, args)
+        for variable, value in zip(variables, written):
+            variable.assign(value)
+        return result
+
+    return run
 
 
 class PathGradientRequested(Exception):

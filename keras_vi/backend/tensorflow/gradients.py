@@ -29,13 +29,17 @@ def function(
     jit_compile: bool = False,
     reduce_retracing: bool = False,
     batch_specs: list | None = None,
+    model: Any = None,
 ) -> Callable:
     """`fn` compiled to a graph (with XLA when `jit_compile`).
+
+    `model` (the model whose variables `fn` reads and writes) matters only on JAX.
 
     With `batch_specs`, one `(per-example shape, dtype)` per positional argument, `fn` is
     traced once for inputs of those shapes with any number of rows (the leading axis left
     open), so a last, partial batch reuses the trace.
     """
+    del model
     signature = None
     if batch_specs is not None:
         signature = [tf.TensorSpec([None, *shape], dtype) for shape, dtype in batch_specs]
