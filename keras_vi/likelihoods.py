@@ -182,7 +182,8 @@ def support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
     """Which rows of the target lie in the likelihood's support, where that is cheap and certain.
 
     Args:
-        likelihood: a named likelihood; callables and compiled losses are not checked.
+        likelihood: a named likelihood, or a callable with a `support(y_pred_shape, y)` method
+            (the heads of `kvi.heads`); other callables and compiled losses are not checked.
         y_pred_shape: the model output's shape (decides class ids vs one-hot targets).
         y: the target.
 
@@ -190,6 +191,8 @@ def support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
         None when nothing is checked, else `(ok, expected)`: a boolean tensor with one entry
         per row and a text describing the support.
     """
+    if callable(getattr(likelihood, "support", None)):
+        return likelihood.support(y_pred_shape, y)
     if not isinstance(likelihood, str) or likelihood == "normal":
         return None
     y = ops.convert_to_tensor(y)

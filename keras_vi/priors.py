@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vi.backend import distributions as tfd
@@ -291,16 +292,37 @@ class LearnableNormal(Prior):
     (`kvi.layers.DenseFlipout`, ...) but not with `Latent` layers, which call priors
     directly.
 
+    Learning both the mean and the scale can make the KL collapse: the only term of the ELBO
+    that involves the prior is -KL(q || p), and a prior free to match q drives it to 0. That
+    happens exactly when every posterior element of a tensor shares the same mean and scale,
+    most visibly for a tensor with a single weight (a `Dense(1)` on a 1-D input, as in TFP's
+    regression tutorial): with `learn_loc=True` its KL goes to 0 and the layer is no longer
+    regularized. `learn_scale=False` keeps the scale fixed at `scale` and learns the mean
+    only (TFP's `prior_trainable`; see also `kvi.layers.trainable_prior`, one mean per
+    weight), so shrinking the posterior still costs KL.
+
     Args:
         loc: initial (and, unless `learn_loc`, fixed) prior mean.
-        scale: initial prior standard deviation, > 0.
+        scale: initial (and, with `learn_scale=False`, fixed) prior standard deviation, > 0.
         learn_loc: whether the mean is learned as well.
+        learn_scale: whether the scale is learned (default True). With False the
+            `<weight>_prior_raw_scale` weight still exists (the same checkpoint layout) but is
+            not trainable.
 
     Example:
         >>> layer = kvi.layers.DenseFlipout(64, prior=kvi.priors.LearnableNormal(scale=1.0))
+        >>> prior = kvi.priors.LearnableNormal(learn_loc=True, learn_scale=False)
+        >>> prior.get_config()
+        {'loc': 0.0, 'scale': 1.0, 'learn_loc': True, 'learn_scale': False}
     """
 
-    def __init__(self, loc: float = 0.0, scale: float = 1.0, learn_loc: bool = False):
+    def __init__(
+        self,
+        loc: float = 0.0,
+        scale: float = 1.0,
+        learn_loc: bool = False,
+        learn_scale: bool = True,
+    ):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"LearnableNormal prior: `scale` must be a number > 0, got {scale!r}.")
         if isinstance(loc, bool) or not isinstance(loc, (int, float)) or not math.isfinite(loc):
@@ -308,6 +330,11 @@ class LearnableNormal(Prior):
         self.loc = float(loc)
         self.scale = float(scale)
         self.learn_loc = bool(learn_loc)
+        if not isinstance(learn_scale, (bool, np.bool_)):
+            raise ValueError(
+                f"LearnableNormal prior: `learn_scale` must be a bool, got {learn_scale!r}."
+            )
+        self.learn_scale = bool(learn_scale)
 
     def bind(self, layer, name):
         loc = layer.add_weight(
@@ -322,7 +349,7 @@ class LearnableNormal(Prior):
             name=f"{name}_prior_raw_scale",
             shape=(),
             initializer=keras.initializers.Constant(_softplus_inverse(self.scale)),
-            trainable=True,
+            trainable=self.learn_scale,
             dtype="float32",
             autocast=False,  # float32 maths even under mixed precision
         )
@@ -336,7 +363,12 @@ class LearnableNormal(Prior):
         )
 
     def get_config(self):
-        return {"loc": self.loc, "scale": self.scale, "learn_loc": self.learn_loc}
+        return {
+            "loc": self.loc,
+            "scale": self.scale,
+            "learn_loc": self.learn_loc,
+            "learn_scale": self.learn_scale,
+        }
 
 
 class _BoundLearnableNormal:

@@ -54,6 +54,9 @@ SLOW_TESTS = {
     "test_examples.py::test_vae_mnist_smoke",
     "test_reliability.py::test_training_goes_on_after_a_bad_batch",
     "test_reliability_properties.py::test_normal_latent_width",
+    "test_tfp_layers_parity.py::test_heads_train_to_the_known_mean_in_a_model_without_latents",
+    "test_tfp_layers_parity.py::test_mixture_normal_beats_independent_normal_on_bimodal_targets",
+    "test_tfp_layers_parity.py::test_tfp_regression_example_smoke",
 }
 # Set by `make matrix`: deselect the tests marked slow.
 SKIP_SLOW = os.environ.get("KERAS_VI_SKIP_SLOW") == "1"

@@ -16,6 +16,8 @@ def _public_classes():
         kvi.layers,
         kvi.estimators,
         kvi.estimators.baselines,
+        kvi.flows,
+        kvi.heads,
         kvi.priors,
         kvi.schedules,
         keras_vi.callbacks,

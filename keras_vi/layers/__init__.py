@@ -11,12 +11,22 @@ from keras_vi.layers.bayesian_dense import (
     DenseLocalReparameterization,
     DenseReparameterization,
 )
+from keras_vi.layers.dense_variational import (
+    DenseVariational,
+    MeanFieldNormal,
+    NormalPrior,
+    mean_field_posterior,
+    standard_normal_prior,
+    trainable_prior,
+)
+from keras_vi.layers.flow_latent import FlowLatent
 from keras_vi.layers.latent import BernoulliLatent, CategoricalLatent, Latent, NormalLatent
 from keras_vi.layers.relaxed import RelaxedCategoricalLatent, RelaxedUniform
 
 __all__ = [
     "Latent",
     "NormalLatent",
+    "FlowLatent",
     "BernoulliLatent",
     "CategoricalLatent",
     "RelaxedCategoricalLatent",
@@ -28,4 +38,10 @@ __all__ = [
     "Conv2DReparameterization",
     "Conv2DFlipout",
     "Conv2DLocalReparameterization",
+    "DenseVariational",
+    "MeanFieldNormal",
+    "NormalPrior",
+    "mean_field_posterior",
+    "trainable_prior",
+    "standard_normal_prior",
 ]
