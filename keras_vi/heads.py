@@ -465,8 +465,33 @@ class MixtureNormal(DistributionHead):
         }
 
 
+class _ElementwiseHead(DistributionHead):
+    """Independent scalar distributions over `event_shape`, one parameter per element."""
+
+    def __init__(self, event_shape: int | tuple[int, ...] = 1):
+        self.event_shape = _event_shape(event_shape, type(self).__name__)
+        self.num_params = self.params_size(self.event_shape)
+
+    @classmethod
+    def params_size(cls, event_shape: int | tuple[int, ...] = 1) -> int:
+        """The output width: prod(event_shape), one parameter per element."""
+        return math.prod(_event_shape(event_shape, cls.__name__))
+
+    def _element(self, params):
+        """The scalar distributions for parameters shaped [batch, *event_shape]."""
+        raise NotImplementedError
+
+    def _distribution(self, params):
+        batch = tuple(ops.shape(params)[:-1])
+        element = self._element(ops.reshape(params, (*batch, *self.event_shape)))
+        return tfd.Independent(element, len(self.event_shape))
+
+    def get_config(self) -> dict:
+        return {"event_shape": list(self.event_shape)}
+
+
 @keras.saving.register_keras_serializable(package="keras_vi")
-class IndependentBernoulli(DistributionHead):
+class IndependentBernoulli(_ElementwiseHead):
     """Independent Bernoullis over `event_shape`, one logit per element (float32 samples).
 
     Args:
@@ -478,25 +503,11 @@ class IndependentBernoulli(DistributionHead):
         array([[0.5, 0.5, 0.5]], dtype=float32)
     """
 
-    def __init__(self, event_shape: int | tuple[int, ...] = 1):
-        self.event_shape = _event_shape(event_shape, type(self).__name__)
-        self.num_params = self.params_size(self.event_shape)
-
-    @classmethod
-    def params_size(cls, event_shape: int | tuple[int, ...] = 1) -> int:
-        """The output width: prod(event_shape) logits."""
-        return math.prod(_event_shape(event_shape, cls.__name__))
-
-    def _distribution(self, params):
-        batch = tuple(ops.shape(params)[:-1])
-        logits = ops.reshape(params, (*batch, *self.event_shape))
-        return tfd.Independent(tfd.Bernoulli(logits=logits, dtype="float32"), len(self.event_shape))
+    def _element(self, logits):
+        return tfd.Bernoulli(logits=logits, dtype="float32")
 
     def support(self, y_pred_shape, y):
         return _support(y, lambda v: (v >= 0.0) & (v <= 1.0), "values in [0, 1]")
-
-    def get_config(self) -> dict:
-        return {"event_shape": list(self.event_shape)}
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -589,7 +600,7 @@ class Categorical(DistributionHead):
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
-class IndependentPoisson(DistributionHead):
+class IndependentPoisson(_ElementwiseHead):
     """Independent Poissons over `event_shape`, one log-rate per element.
 
     Args:
@@ -601,24 +612,10 @@ class IndependentPoisson(DistributionHead):
         array([[3.]], dtype=float32)
     """
 
-    def __init__(self, event_shape: int | tuple[int, ...] = 1):
-        self.event_shape = _event_shape(event_shape, type(self).__name__)
-        self.num_params = self.params_size(self.event_shape)
-
-    @classmethod
-    def params_size(cls, event_shape: int | tuple[int, ...] = 1) -> int:
-        """The output width: prod(event_shape) log-rates."""
-        return math.prod(_event_shape(event_shape, cls.__name__))
-
-    def _distribution(self, params):
-        batch = tuple(ops.shape(params)[:-1])
-        log_rate = ops.reshape(params, (*batch, *self.event_shape))
-        return tfd.Independent(tfd.Poisson(log_rate=log_rate), len(self.event_shape))
+    def _element(self, log_rate):
+        return tfd.Poisson(log_rate=log_rate)
 
     def support(self, y_pred_shape, y):
         return _support(
             y, lambda v: (v >= 0.0) & ops.equal(v, ops.round(v)), "non-negative integer counts"
         )
-
-    def get_config(self) -> dict:
-        return {"event_shape": list(self.event_shape)}

@@ -102,6 +102,17 @@ def random_signs(shape, seed: Any) -> Any:
     return ops.cast(2 * bits - 1, "float32")
 
 
+def known_last_dimension(layer, input_shape) -> int:
+    """The input's last dimension, which a dense Bayesian layer's weights need at build."""
+    input_dim = input_shape[-1] if len(input_shape) else None
+    if input_dim is None:
+        raise ValueError(
+            f"{type(layer).__name__} {layer.name!r} needs a known last input dimension, got "
+            f"input shape {tuple(input_shape)}."
+        )
+    return int(input_dim)
+
+
 def _softplus_inverse(x: float) -> float:
     return float(x + math.log(-math.expm1(-x)))
 

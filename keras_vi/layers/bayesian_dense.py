@@ -11,6 +11,7 @@ from keras_vi import _checks, _layout
 from keras_vi.layers.bayesian import (
     WEIGHT_ARGS,
     KernelBiasLayer,
+    known_last_dimension,
     random_signs,
     standard_normal,
     with_args,
@@ -61,13 +62,8 @@ class _BayesianDense(KernelBiasLayer):
         self.units = _checks.positive_int(units, "units", type(self).__name__)
 
     def build(self, input_shape):
-        input_dim = input_shape[-1] if len(input_shape) else None
-        if input_dim is None:
-            raise ValueError(
-                f"{type(self).__name__} {self.name!r} needs a known last input dimension, got "
-                f"input shape {tuple(input_shape)}."
-            )
-        self.add_kernel_and_bias((int(input_dim), self.units), (self.units,))
+        input_dim = known_last_dimension(self, input_shape)
+        self.add_kernel_and_bias((input_dim, self.units), (self.units,))
         self.built = True
 
     def compute_output_shape(self, input_shape):

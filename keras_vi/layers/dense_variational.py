@@ -377,13 +377,7 @@ class DenseVariational(BayesianLayer):
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
-        input_dim = input_shape[-1] if len(input_shape) else None
-        if input_dim is None:
-            raise ValueError(
-                f"{type(self).__name__} {self.name!r} needs a known last input dimension, got "
-                f"input shape {tuple(input_shape)}."
-            )
-        self._input_dim = int(input_dim)
+        self._input_dim = bayesian.known_last_dimension(self, input_shape)
         self.kernel_size = self._input_dim * self.units
         self.bias_size = self.units if self.use_bias else 0
         self.posterior_layer = self._make("make_posterior_fn", self.make_posterior_fn)
