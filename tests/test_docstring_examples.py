@@ -42,12 +42,19 @@ _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 _PACKAGES = (kvi, keras_vi.callbacks)
 
 
+def _is_other_backend(module_name: str) -> bool:
+    """Whether a module belongs to another backend's package, whose framework may be absent."""
+    parts = module_name.split(".")
+    return parts[:2] == ["keras_vi", "backend"] and len(parts) > 2 and parts[2] != BACKEND
+
+
 def _modules():
     modules = []
     for package in _PACKAGES:
         modules.append(package)
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            modules.append(importlib.import_module(info.name))
+            if not _is_other_backend(info.name):
+                modules.append(importlib.import_module(info.name))
     return modules
 
 
