@@ -44,7 +44,7 @@ class Site:
 class StepScope:
     """Collects the records of one forward pass of a variational model."""
 
-    objective: str = "elbo"
+    objective: Any = "elbo"  # "elbo", "iwae" or a kvi.objectives.Renyi
     num_samples: int = 1
     training: bool = False
     latents: list = dataclasses.field(default_factory=list)

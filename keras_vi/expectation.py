@@ -14,8 +14,6 @@ from keras_vi.backend import random as backend_random
 
 __all__ = ["expectation"]
 
-_OBJECTIVES = (None, "elbo", "iwae")
-
 
 def _align(values: Any, log_q: Any):
     """Brings f(z) [S, ...] and log q(z) [S, ...] to one shape.
@@ -39,18 +37,24 @@ def _compatible(shape, other) -> bool:
     )
 
 
-def _check_objective(objective, num_samples: int, est) -> None:
-    if objective not in _OBJECTIVES:
-        raise ValueError(
-            f"Unknown `objective` {objective!r} for kvi.expectation; expected None (the mean "
-            "of fn), 'elbo' or 'iwae' (fn is then the log joint density log p(x, z))."
-        )
+def _check_objective(objective, est):
+    """The objective in canonical form (see `objectives.check_objective`), or None."""
+    if objective is not None:
+        if not isinstance(objective, objectives.Renyi) and objective not in objectives.OBJECTIVES:
+            raise ValueError(
+                f"Unknown `objective` {objective!r} for kvi.expectation; expected None (the "
+                "mean of fn), 'elbo', 'iwae' or kvi.objectives.Renyi(alpha) (fn is then the "
+                "log joint density log p(x, z))."
+            )
+        # Any K >= 1 here: with one draw a multi-sample bound is that draw's log-weight.
+        objective = objectives.check_objective(objective, num_samples=2)
     if objective is not None and est.kl == "analytic":
         raise ValueError(
             f"estimator={type(est).__name__}() replaces log q(z) by a closed-form KL to a "
             f"prior, which kvi.expectation(objective={objective!r}) does not have. Use "
             "objective=None and put the KL in fn yourself."
         )
+    return objective
 
 
 def _baseline_inputs(inputs, num_samples: int):
@@ -68,7 +72,7 @@ def expectation(
     num_samples: int = 1,
     seed: Any = None,
     *,
-    objective: str | None = None,
+    objective: str | objectives.Renyi | None = None,
     baseline_inputs: Any = None,
     maximize: bool | None = None,
 ) -> Any:
@@ -79,11 +83,12 @@ def expectation(
     `Reparameterization`, `(fn(z) - b) grad log q(z)` for `ScoreFunction`, the relaxed path
     for `GumbelSoftmax`, plus `fn`'s own variables.
 
-    With `objective="elbo"` or `"iwae"`, `fn` is the log joint density log p(x, z) of the
-    samples (an unnormalised target, like `tfp.vi.monte_carlo_variational_loss`'s
-    `target_log_prob_fn`), kvi.expectation subtracts log q(z) itself, and the value is the
-    ELBO (mean of the log-weights) or the IWAE bound (mean over batch members of
-    log mean_k exp(log w_k), the draws being the K importance samples). This is where the
+    With `objective="elbo"`, `"iwae"` or `kvi.objectives.Renyi(alpha)`, `fn` is the log joint
+    density log p(x, z) of the samples (an unnormalised target, like
+    `tfp.vi.monte_carlo_variational_loss`'s `target_log_prob_fn`), kvi.expectation subtracts
+    log q(z) itself, and the value is the ELBO (mean of the log-weights), the IWAE bound (mean
+    over batch members of log mean_k exp(log w_k), the draws being the K importance samples)
+    or the Rényi bound of order alpha. This is where the
     estimators that change how log q(z) is differentiated apply: `StickingTheLanding`,
     `DoublyReparameterized` and `VIMCO` (the last two need `objective="iwae"` and raise a
     ValueError otherwise). With `objective=None`, `"stl"` is the plain pathwise estimator,
@@ -106,7 +111,7 @@ def expectation(
             being the ELBO).
         seed: int, int32[2] stateless seed, or a `keras.random.SeedGenerator` (advanced on
             every call, so repeated calls draw fresh noise).
-        objective: None (mean of fn), `"elbo"` or `"iwae"`.
+        objective: None (mean of fn), `"elbo"`, `"iwae"` or a `kvi.objectives.Renyi`.
         baseline_inputs: features `[*batch, F]` of the batch members (the shape of one
             sample of fn's output, plus a feature axis), fed to a `Learned` baseline's
             network; without them a learned baseline is a learned constant.
@@ -144,7 +149,7 @@ def expectation(
             if estimators.is_reparameterized(q)
             else estimators.ScoreFunction()
         )
-    _check_objective(objective, num_samples, est)
+    objective = _check_objective(objective, est)
     est.validate(q, objective=objective, num_samples=num_samples)
     maximize = objective is not None if maximize is None else bool(maximize)
     tfp_seed = backend_random.draw_seed(seed)
@@ -178,14 +183,11 @@ def expectation(
             bound = ops.mean(signal, axis=0)
         else:
             signal = per_sample
-            if objective == "iwae":
-                bound = objectives.iwae_bound(per_sample)
-            else:
-                bound = ops.mean(per_sample, axis=0)
+            bound = objectives.bound_of(objective, per_sample)
             value = ops.mean(bound)
         site.z = z_watched
         signals = objectives.Signals(
-            objective="iwae" if objective == "iwae" else "elbo",
+            objective=objective or "elbo",
             num_samples=num_samples,
             training=True,
             kl_weight=ops.zeros(()),

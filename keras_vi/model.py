@@ -51,7 +51,8 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             (log-rate), a callable `y_pred -> tfd.Distribution`, or None to use the compiled
             Keras `loss` as the negative log-likelihood.
         num_samples: K Monte Carlo samples per example, drawn in one vectorised pass.
-        objective: `"elbo"` or `"iwae"` (needs `num_samples >= 2`).
+        objective: `"elbo"`, `"iwae"` or `kvi.objectives.Renyi(alpha)` (the last two need
+            `num_samples >= 2`).
         kl_weight: a number >= 0 or a `kvi.schedules.Schedule` of the global step; kept in the
             non-trainable variable `model.kl_weight` (saved with the model).
         free_bits: None or lambda >= 0 nats per latent dimension (Kingma et al. 2016).
@@ -107,7 +108,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         *args,
         likelihood: Any = None,
         num_samples: int = 1,
-        objective: str = "elbo",
+        objective: str | objectives.Renyi = "elbo",
         kl_weight: Any = 1.0,
         free_bits: float | None = None,
         num_examples: int | None = None,
@@ -133,8 +134,10 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
                     f"`free_bits` must be None or a finite number >= 0, got {free_bits!r}."
                 )
             free_bits = float(free_bits)
-            if self.objective == "iwae":
-                raise ValueError("`free_bits` applies to objective='elbo' only, not 'iwae'.")
+            if objectives.is_multi_sample(self.objective):
+                raise ValueError(
+                    f"`free_bits` applies to objective='elbo' only, not {self.objective!r}."
+                )
         self.free_bits = free_bits
         if num_examples is not None:
             _checks.positive_int(num_examples, "num_examples")
@@ -283,7 +286,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             {
                 "likelihood": likelihood,
                 "num_samples": self.num_samples,
-                "objective": self.objective,
+                "objective": objectives.serialize_objective(self.objective),
                 "kl_weight": kl_weight,
                 "free_bits": self.free_bits,
                 "num_examples": self.num_examples,
@@ -398,7 +401,7 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             y: the batch's targets (x itself for unsupervised data).
             training: whether this is a training step (estimators add their surrogates).
             num_samples: K, default the model's.
-            objective: `"elbo"` or `"iwae"`, default the model's.
+            objective: `"elbo"`, `"iwae"` or a `kvi.objectives.Renyi`, default the model's.
             kl_weight: default the model's `kl_weight` variable.
             sample_weight: None or one weight per example (shape [B]); see
                 `keras_vi.objectives.compute`.
@@ -436,7 +439,10 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
                 ),
             )
         k = self.num_samples if num_samples is None else num_samples
-        objective = self.objective if objective is None else objective
+        if objective is None:
+            objective = self.objective
+        elif objective != "iwae":  # kvi.log_likelihood's "iwae" may come with any K >= 1
+            objective = objectives.check_objective(objective, k)
         kl_weight = self.kl_weight if kl_weight is None else kl_weight
         optimizer = getattr(self, "optimizer", None)
         scope = _scope.StepScope(

@@ -1,4 +1,5 @@
-"""ELBO and IWAE bounds over [K, batch] log-weights, and the estimators' learning signals.
+"""ELBO, IWAE and Rényi bounds over [K, batch] log-weights, and the estimators' learning
+signals.
 
 Rows of a tiled batch are laid out k-major: row k * B + b is sample k of example b.
 """
@@ -9,6 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
+import keras
 from keras import ops, tree
 
 from keras_vi import _layout, divergences
@@ -18,15 +20,114 @@ from keras_vi.backend import random as backend_random
 OBJECTIVES = ("elbo", "iwae")
 
 
-def check_objective(objective: str, num_samples: int) -> str:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"Unknown `objective` {objective!r}; expected one of {OBJECTIVES}.")
-    if objective == "iwae" and num_samples < 2:
+@keras.saving.register_keras_serializable(package="keras_vi")
+class Renyi:
+    """The variational Rényi bound of order `alpha` (Li & Turner 2016) over K samples.
+
+    L_alpha = 1 / (1 - alpha) * log (1/K sum_k w_k^(1 - alpha)), with w_k = p(x, z_k) / q(z_k)
+    the importance weights of the K samples of one example. `alpha = 0` is the IWAE bound
+    (`Renyi(0.0)` is `"iwae"`); as alpha -> 1 it tends to the ELBO, the mean of log w_k
+    (`Renyi(1.0)` is `"elbo"`). For 0 < alpha < 1 it lies between the two and falls as alpha
+    grows; for alpha < 0 it lies above the IWAE bound and can exceed log p(x), so it is no
+    longer a lower bound. Like IWAE it needs `num_samples >= 2`, and every sample's score is
+    weighted by the bound itself (the score-function estimators) or the bound is
+    differentiated through the samples (reparameterization). `DoublyReparameterized()` and
+    `VIMCO()` are defined for the IWAE bound only and refuse other orders.
+
+    Args:
+        alpha: a finite number. Values very close to 1 lose float32 precision (the bound
+            divides by 1 - alpha): use `"elbo"` there.
+
+    Example:
+        >>> log_w = keras.ops.convert_to_tensor([[-1.0], [-3.0]])  # K = 2 samples, 1 example
+        >>> [round(float(kvi.objectives.Renyi(a).bound(log_w)[0]), 4) for a in (0.0, 0.5, 0.999)]
+        [-1.5662, -1.7598, -1.9995]
+        >>> vae = kvi.VariationalModel(x, logits, likelihood="bernoulli", num_samples=5,
+        ...                            objective=kvi.objectives.Renyi(0.5))
+    """
+
+    def __init__(self, alpha: float):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise ValueError(f"Renyi: `alpha` must be a number, got {alpha!r}.")
+        if not math.isfinite(alpha):
+            raise ValueError(f"Renyi: `alpha` must be finite, got {alpha!r}.")
+        self.alpha = float(alpha)
+
+    def bound(self, log_weights):
+        """L_alpha per example, from log-weights of shape [K, B]."""
+        log_weights = ops.convert_to_tensor(log_weights)
+        scale = 1.0 - self.alpha
+        k = ops.cast(ops.shape(log_weights)[0], log_weights.dtype)
+        # Centring first keeps the log-sum-exp near log K, so dividing by a small 1 - alpha
+        # amplifies only its rounding, not that of the log-weights' size.
+        mean = ops.mean(log_weights, axis=0)
+        centred = scale * (log_weights - mean)
+        return mean + (ops.logsumexp(centred, axis=0) - ops.log(k)) / scale
+
+    def get_config(self) -> dict:
+        return {"alpha": self.alpha}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Renyi:
+        return cls(**config)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Renyi) and other.alpha == self.alpha
+
+    def __hash__(self) -> int:
+        return hash(("Renyi", self.alpha))
+
+    def __repr__(self) -> str:
+        return f"Renyi(alpha={self.alpha!r})"
+
+
+def check_objective(objective, num_samples: int):
+    """The objective in its canonical form: `"elbo"`, `"iwae"` or a `Renyi` of another order.
+
+    A Keras config dict of a `Renyi` is deserialized; `Renyi(0)` becomes `"iwae"` and
+    `Renyi(1)` `"elbo"`, so every objective has one spelling.
+    """
+    if isinstance(objective, dict):
+        objective = keras.saving.deserialize_keras_object(objective)
+    if isinstance(objective, Renyi):
+        if objective.alpha == 0.0:
+            objective = "iwae"
+        elif objective.alpha == 1.0:
+            return "elbo"
+    elif objective not in OBJECTIVES:
         raise ValueError(
-            "objective='iwae' needs num_samples >= 2 (with one sample it is the ELBO), got "
-            f"num_samples={num_samples}."
+            f"Unknown `objective` {objective!r}; expected one of {OBJECTIVES} or "
+            "kvi.objectives.Renyi(alpha)."
+        )
+    if is_multi_sample(objective) and num_samples < 2:
+        raise ValueError(
+            f"objective={objective!r} needs num_samples >= 2 (with one sample it is the ELBO), "
+            f"got num_samples={num_samples}."
         )
     return objective
+
+
+def is_multi_sample(objective) -> bool:
+    """Whether the bound couples the K samples of an example (IWAE, Rényi) rather than
+    averaging K separate ELBOs: its terms need log p - log q at every sample, and every
+    sample's score-function signal is the example's bound."""
+    return objective is not None and objective != "elbo"
+
+
+def serialize_objective(objective):
+    """A config value for an objective: the string, or a `Renyi`'s Keras config."""
+    if isinstance(objective, Renyi):
+        return keras.saving.serialize_keras_object(objective)
+    return objective
+
+
+def bound_of(objective, log_weights):
+    """The bound of each example from [K, B] log-weights: the mean (ELBO), IWAE or Rényi."""
+    if objective == "iwae":
+        return iwae_bound(log_weights)
+    if isinstance(objective, Renyi):
+        return objective.bound(log_weights)
+    return ops.mean(log_weights, axis=0)
 
 
 def check_num_samples(num_samples) -> int:
@@ -50,7 +151,7 @@ class Signals:
     carry the sample axis first (`layout="samples"`).
     """
 
-    objective: str
+    objective: Any  # "elbo", "iwae" or a Renyi
     num_samples: int
     training: bool
     kl_weight: Any
@@ -111,7 +212,7 @@ class Signals:
 
     def learning_signal(self, site):
         """The score-function learning signal for one latent, shape [K, B] (or [1, B])."""
-        if self.objective == "iwae":
+        if is_multi_sample(self.objective):
             return self.bound[None, :]
         signal = self.per_sample
         kl, method = self.kls.get(site.key, (None, None))
@@ -122,12 +223,12 @@ class Signals:
         return signal
 
 
-def latent_kl(site, objective: str, free_bits: float | None):
+def latent_kl(site, objective, free_bits: float | None):
     """KL term of one latent: ([K*B] values, method used, per-dimension [K*B, D] or None)."""
     q, z, p = site.q, site.z, site.prior
     method = site.kl
     estimator = site.estimator
-    if objective == "iwae" or estimator.kl == "sample":
+    if is_multi_sample(objective) or estimator.kl == "sample":
         method = "mc"
     elif estimator.kl == "analytic":
         # A relaxed sample (Gumbel-softmax) has no density under the categorical q: the ELBO
@@ -146,7 +247,7 @@ def latent_kl(site, objective: str, free_bits: float | None):
         kl = divergences.analytic_kl(q, p)
         if free_bits is not None:
             per_dim = divergences.per_dimension(q, p)
-    elif site.kl_samples == 1 or objective == "iwae":
+    elif site.kl_samples == 1 or is_multi_sample(objective):
         log_q = estimator.log_prob(q, z)
         kl = log_q - p.log_prob(z)
         if (
@@ -240,7 +341,7 @@ def compute(
     scope,
     log_likelihood_flat,
     *,
-    objective: str,
+    objective,
     num_samples: int,
     kl_weight,
     free_bits: float | None,
@@ -309,8 +410,8 @@ def compute(
     # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
     # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
     # are undefined there (VIMCO with K = 1) and none is differentiated.
-    if objective == "iwae":
-        bound = iwae_bound(per_sample)
+    if is_multi_sample(objective):
+        bound = bound_of(objective, per_sample)
         value = wmean(bound)
     else:
         bound = ops.mean(per_sample, axis=0)

@@ -22,6 +22,7 @@ def test_builtin_estimators_declare_the_contract():
         if cls.__module__.startswith("keras_vi.")
     }
     assert declared == {
+        "disarm": (False, None, None),
         "dreg": (True, "sample", "iwae"),
         "gumbel_softmax": (True, "analytic", None),
         "reparameterization": (True, None, None),

@@ -26,6 +26,7 @@ from keras_vi.estimators.score_function import ScoreFunction
 from keras_vi.estimators.vimco import VIMCO, leave_one_out_bounds
 
 __all__ = [
+    "DisARM",
     "DoublyReparameterized",
     "Estimator",
     "GumbelSoftmax",

@@ -140,10 +140,10 @@ class LeaveOneOut(Baseline):
 
     def validate(self, *, num_samples: int, objective: str | None = "elbo") -> None:
         super().validate(num_samples=num_samples, objective=objective)
-        if objective == "iwae":
+        if objective is not None and objective != "elbo":
             raise ValueError(
                 "baseline=LeaveOneOut() needs a learning signal per sample, but under "
-                "objective='iwae' the K samples share one signal (the bound). Use "
+                f"objective={objective!r} the K samples share one signal (the bound). Use "
                 "estimator=kvi.estimators.VIMCO(), the leave-one-out estimator of the IWAE bound."
             )
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vi import _scope, _serialization, schedules
+from keras_vi import _scope, _serialization, objectives, schedules
 from keras_vi.backend import distributions as tfd
 from keras_vi.backend import random as backend_random
 from keras_vi.estimators.base import Estimator, checks_training_setup, is_joint
@@ -101,11 +101,15 @@ class GumbelSoftmax(Estimator):
                 f"{type(q).__name__}. For Bernoulli latents use CategoricalLatent(2) or "
                 "estimator='score_function'/'vimco'."
             )
-        if objective == "iwae" and not self.straight_through and checks_training_setup():
+        if (
+            objectives.is_multi_sample(objective)
+            and not self.straight_through
+            and checks_training_setup()
+        ):
             raise ValueError(
                 "estimator=GumbelSoftmax(straight_through=False) cannot be used with "
-                "objective='iwae': the IWAE bound needs log q(z) at every sample, and a relaxed "
-                "sample has none under the categorical q. Use straight_through=True, "
+                f"objective={objective!r}: a multi-sample bound needs log q(z) at every sample, "
+                "and a relaxed sample has none under the categorical q. Use straight_through=True, "
                 "objective='elbo', or kvi.layers.RelaxedCategoricalLatent."
             )
 

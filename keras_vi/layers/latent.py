@@ -18,6 +18,7 @@ from keras_vi import (
     backend,
     divergences,
     estimators,
+    objectives,
     priors,
 )
 from keras_vi._scope import in_symbolic_scope
@@ -333,10 +334,11 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
     def _validate_kl(self, q, prior, scope):
         if self.prior is None:
             return
-        if scope.objective == "iwae" and self.kl == "analytic":
+        if objectives.is_multi_sample(scope.objective) and self.kl == "analytic":
             raise ValueError(
-                f"Latent {self.name!r}: kl='analytic' cannot be used with objective='iwae', which "
-                "needs log p(z) - log q(z) at every sample. Use kl='auto' or kl='mc'."
+                f"Latent {self.name!r}: kl='analytic' cannot be used with objective="
+                f"{scope.objective!r}, which needs log p(z) - log q(z) at every sample. Use "
+                "kl='auto' or kl='mc'."
             )
         if self.kl == "analytic":
             divergences.analytic_kl(q, prior)
