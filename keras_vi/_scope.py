@@ -38,6 +38,10 @@ class Site:
     kl: str = "auto"  # the layer's KL setting ("auto", "analytic", "mc")
     kl_samples: int = 1
     key: str = ""
+    # prior_params -> the prior of this draw, for a `ConditionalPrior` later in the pass.
+    prior_from: Any = None
+    # The name of the ConditionalPrior that replaced `prior`, if one did.
+    conditioned_by: str | None = None
 
 
 @dataclasses.dataclass

@@ -193,3 +193,147 @@ def test_saved_model_keeps_the_conditional_prior(tmp_path, binary_data):
         float(model._reference["kl_per_latent"]["z1"]),
         rtol=1e-6,
     )
+
+
+# ------------------------------------------------------------------ a chain with known evidence
+# z2 ~ N(0, 1), z1 | z2 ~ N(z2, 1), x | z1 ~ N(z1, 1): log p(x) = log N(x; 0, 3). With q the
+# exact posterior every importance weight is p(x), so the ELBO and the IWAE bound equal log p(x)
+# for every example and every draw: any missing or misplaced term shows. (The KL is the
+# per-sample Monte Carlo one: a closed-form KL is exact only in expectation.)
+
+
+def _raw(scale, min_scale=1e-5):
+    """NormalLatent's raw scale input for a standard deviation `scale`."""
+    return float(np.log(np.expm1(scale - min_scale)))
+
+
+def _fixed_dense(kernel, bias, name=None):
+    kernel, bias = np.asarray(kernel, "float32"), np.asarray(bias, "float32")
+    return keras.layers.Dense(
+        bias.shape[0],
+        kernel_initializer=keras.initializers.Constant(kernel),
+        bias_initializer=keras.initializers.Constant(bias),
+        name=name,
+    )
+
+
+def _bottom_up_chain(conditioned=True, **kwargs):
+    """Burda et al.'s order: q(z1 | x) = p(z1 | x), then q(z2 | z1) = p(z2 | z1)."""
+    x = keras.Input((1,))
+    z1_layer = kvi.layers.NormalLatent(1, name="z1", kl="mc")
+    z1 = z1_layer(_fixed_dense([[2 / 3, 0.0]], [0.0, _raw((2 / 3) ** 0.5)])(x))
+    z2 = kvi.layers.NormalLatent(1, name="z2", kl="mc")(
+        _fixed_dense([[0.5, 0.0]], [0.0, _raw(0.5**0.5)])(z1)
+    )
+    if conditioned:
+        p1 = _fixed_dense([[1.0, 0.0]], [0.0, _raw(1.0)], name="p1")(z2)
+        z1 = kvi.layers.ConditionalPrior(z1_layer)(z1, p1)
+    loc = _fixed_dense([[1.0]], [0.0])(z1)
+    return kvi.VariationalModel(x, loc, likelihood="normal", **kwargs)
+
+
+def _top_down_chain(**kwargs):
+    """q(z2 | x) = p(z2 | x), then q(z1 | x, z2) = p(z1 | z2, x), with `prior_params=`."""
+    x = keras.Input((1,))
+    z2 = kvi.layers.NormalLatent(1, name="z2", kl="mc")(
+        _fixed_dense([[1 / 3, 0.0]], [0.0, _raw((2 / 3) ** 0.5)])(x)
+    )
+    q1 = _fixed_dense([[0.5, 0.0], [0.5, 0.0]], [0.0, _raw(0.5**0.5)])(
+        keras.layers.Concatenate()([x, z2])
+    )
+    p1 = _fixed_dense([[1.0, 0.0]], [0.0, _raw(1.0)])(z2)
+    z1 = kvi.layers.NormalLatent(1, name="z1", kl="mc")(q1, prior_params=p1)
+    loc = _fixed_dense([[1.0]], [0.0])(z1)
+    return kvi.VariationalModel(x, loc, likelihood="normal", **kwargs)
+
+
+@pytest.mark.parametrize("build", [_bottom_up_chain, _top_down_chain])
+@pytest.mark.parametrize("objective, k", [("elbo", 1), ("iwae", 3)])
+def test_exact_posterior_of_a_chain_gives_the_evidence(build, objective, k):
+    x = np.linspace(-2.0, 3.0, 8, dtype="float32")[:, None]
+    log_px = -0.5 * np.log(2 * np.pi * 3.0) - x[:, 0] ** 2 / 6.0
+    model = build(objective=objective, num_samples=k)
+    out = model.compute_objective(x, x, training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["bound"]), log_px, atol=2e-4)
+    assert set(out["kl_per_latent"]) == {"z1", "z2"}
+
+
+def test_without_the_conditional_prior_the_bound_is_not_the_evidence():
+    x = np.linspace(-2.0, 3.0, 8, dtype="float32")[:, None]
+    log_px = -0.5 * np.log(2 * np.pi * 3.0) - x[:, 0] ** 2 / 6.0
+    out = _bottom_up_chain(conditioned=False).compute_objective(x, x, training=False)
+    assert np.abs(keras.ops.convert_to_numpy(out["bound"]) - log_px).max() > 0.1
+
+
+def _burda_like(num_samples=3, objective="iwae"):
+    inputs = keras.Input((6,))
+    z1_layer = kvi.layers.NormalLatent(3, name="z1")
+    z1 = z1_layer(keras.layers.Dense(6)(keras.layers.Dense(8, activation="tanh")(inputs)))
+    z2 = kvi.layers.NormalLatent(2, name="z2")(keras.layers.Dense(4)(z1))
+    p1 = keras.layers.Dense(6, name="p1")(keras.layers.Dense(8, activation="tanh")(z2))
+    z1 = kvi.layers.ConditionalPrior(z1_layer, name="p_z1")(z1, p1)
+    outputs = keras.layers.Dense(6)(keras.layers.Dense(8, activation="tanh")(z1))
+    return kvi.VariationalModel(
+        inputs, outputs, likelihood="bernoulli", num_samples=num_samples, objective=objective
+    )
+
+
+def test_bottom_up_model_trains_under_xla_saves_and_its_prior_learns(binary_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _burda_like()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=True)
+    x = binary_data[:, :6]
+    p1_before = [w.copy() for w in model.get_layer("p1").get_weights()]
+    history = model.fit(x, x, batch_size=64, epochs=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["elbo"][-1] > history.history["elbo"][0] + 1.0
+    assert {"kl/z1", "kl/z2"} <= set(history.history)
+    moved = [np.abs(a - b).max() for a, b in zip(model.get_layer("p1").get_weights(), p1_before)]
+    assert max(moved) > 1e-2
+    path = str(tmp_path / "bottom_up.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    keras.utils.set_random_seed(5)
+    expected = model.evaluate(x, x, verbose=0, return_dict=True)
+    keras.utils.set_random_seed(5)
+    got = loaded.evaluate(x, x, verbose=0, return_dict=True)
+    assert got["kl/z1"] == pytest.approx(expected["kl/z1"], rel=1e-5)
+
+
+def test_plain_keras_model_adds_the_kl_of_the_conditional_prior():
+    inputs = keras.Input((1,))
+    z1_layer = kvi.layers.NormalLatent(1, name="z1", kl="analytic")
+    q1 = keras.layers.Dense(2)(inputs)
+    z1 = z1_layer(q1)
+    p1 = keras.layers.Dense(2)(inputs)  # a parent that is not random keeps the check exact
+    z1 = kvi.layers.ConditionalPrior(z1_layer)(z1, p1)
+    model = keras.Model(inputs, z1)
+    x = np.random.default_rng(0).normal(size=(5, 1)).astype("float32")
+    model(x)
+    probe = keras.Model(inputs, [q1, p1])
+    expected = _normal_kl(*(keras.ops.convert_to_numpy(t) for t in probe(x)))
+    assert len(model.losses) == 1  # the conditional KL only, not the latent's N(0, 1) one
+    np.testing.assert_allclose(float(model.losses[0]), expected.mean(), rtol=1e-5)
+
+
+def test_conditional_prior_errors():
+    inputs = keras.Input((4,))
+    no_prior = kvi.layers.NormalLatent(2, prior=None)
+    with pytest.raises(ValueError, match="has prior=None"):
+        kvi.layers.ConditionalPrior(no_prior)
+    with pytest.raises(ValueError, match="must be a kvi.layers latent layer"):
+        kvi.layers.ConditionalPrior(keras.layers.Dense(2))
+    z_layer = kvi.layers.NormalLatent(2, name="z")
+    z = z_layer(inputs)
+    kvi.layers.ConditionalPrior(z_layer, name="first")
+    with pytest.raises(ValueError, match="already gets its prior from ConditionalPrior 'first'"):
+        kvi.layers.ConditionalPrior(z_layer)
+    with pytest.raises(ValueError, match="first input must be that latent layer's output"):
+        kvi.layers.ConditionalPrior("z")(keras.layers.Dense(2)(z), inputs)
+    both = kvi.layers.NormalLatent(2, name="both")
+    zb = both(inputs, prior_params=inputs)
+    out = kvi.layers.ConditionalPrior(both)(zb, inputs)
+    model = kvi.VariationalModel(inputs, keras.layers.Dense(4)(out), likelihood="bernoulli")
+    x = np.zeros((2, 4), "float32")
+    with pytest.raises(ValueError, match="also given a prior by a ConditionalPrior"):
+        model.compute_objective(x, x, training=False)

@@ -11,6 +11,7 @@ from keras_vi.layers.bayesian_dense import (
     DenseLocalReparameterization,
     DenseReparameterization,
 )
+from keras_vi.layers.conditional_prior import ConditionalPrior
 from keras_vi.layers.dense_variational import (
     DenseVariational,
     MeanFieldNormal,
@@ -27,6 +28,7 @@ __all__ = [
     "Latent",
     "NormalLatent",
     "FlowLatent",
+    "ConditionalPrior",
     "BernoulliLatent",
     "CategoricalLatent",
     "RelaxedCategoricalLatent",

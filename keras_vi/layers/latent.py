@@ -128,6 +128,11 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         self.seed = seed
         self.seed_generator = _random.make_seed_generator(seed, self.name)
         self._tracked_checked = False
+        # Set by a `ConditionalPrior` that gives this layer its prior after the call; in a
+        # plain Keras model that layer then adds the KL, and this call's q and seed wait
+        # for it here.
+        self.conditioned_by = None
+        self._pending_plain_kl = None
         self._resolved_estimator = None if self.estimator == "auto" else self.estimator
         self.baseline = getattr(self._resolved_estimator, "baseline", None)
 
@@ -220,6 +225,16 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
             )
         return self.prior(prior_params)
 
+    def _prior_after_call(self, q, prior_params, given_at_call=None) -> tfd.Distribution:
+        """p(z | prior_params) for this call's q, given by a `ConditionalPrior` after it."""
+        if given_at_call is not None:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} was called with `prior_params` and is "
+                "also given a prior by a ConditionalPrior; use one of the two."
+            )
+        self._check_prior_params(prior_params)
+        return self.prior_distribution(q, ops.cast(prior_params, "float32"))
+
     def _check_prior_params(self, prior_params) -> None:
         if self.prior is None:
             raise ValueError(
@@ -289,6 +304,7 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
                 kl=self.kl,
                 kl_samples=self.kl_samples,
             )
+            site.prior_from = lambda params: self._prior_after_call(q, params, prior_params)
             scope.add_latent(site)
             z = site.z  # as watched by the step's sample tape
         elif training is True and not estimator.reparameterized and not in_symbolic_scope():
@@ -307,7 +323,10 @@ class Latent(_random.SeedStateMixin, keras.layers.Layer):
         ):
             # A plain Keras model: report the KL as a Keras loss (a VariationalModel builds
             # the KL itself, so adding it there would count it twice).
-            self.add_loss(self._mean_kl(q, prior, seed))
+            if self.conditioned_by is None:
+                self.add_loss(self._mean_kl(q, prior, seed))
+            else:
+                self._pending_plain_kl = (q, seed, prior_params)
         return self._floating_to_compute_dtype(z)
 
     def _floating_to_compute_dtype(self, z):
