@@ -23,6 +23,18 @@ two layers, VAE -85.33 and IWAE (k=50) -82.90. This run uses 4,000 training imag
 epochs and k=5, so its numbers are not comparable in level: compare the VAE and the IWAE with
 each other.
 
+What a run gave (TensorFlow, 2 CPU cores, 4 minutes; nats per image on 1,000 test digits,
+log p(x) from 500 importance samples):
+
+    model        epoch     ELBO   IWAE-5  log p(x)   KL z1   KL z2
+    VAE             10  -199.08  -197.27   -196.46     2.8    0.03
+    VAE             30  -177.16  -174.81   -173.78     4.7    0.00
+    IWAE (k=5)      10  -223.09  -194.05   -191.63    15.1    1.37
+    IWAE (k=5)      30  -166.06  -155.55   -151.00     6.8    0.24
+
+The IWAE's log p(x) is 22.8 nats above the VAE's, the paper's ordering; the VAE leaves z2
+unused (its KL falls to 0), as Burda et al. report for VAEs with two stochastic layers.
+
 Run:  python examples/two_layer_vae.py                  (10 and 30 epochs)
       python examples/two_layer_vae.py --epochs 2 5      (a quick look)
 """
