@@ -7,6 +7,7 @@ gradients of the loss per logged step (`value_and_gradients`, `function`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +44,12 @@ def function(
     signature = None
     if batch_specs is not None:
         signature = [tf.TensorSpec([None, *shape], dtype) for shape, dtype in batch_specs]
+    # TensorFlow before 2.21 counts retracing per Python code object, so the many functions
+    # made from one closure (one per model and setting) would add up to its "frequent
+    # retracing" warning although each traces once; a partial has no code object of its own,
+    # so each function is counted alone.
     return tf.function(
-        fn,
+        functools.partial(fn),
         jit_compile=jit_compile,
         reduce_retracing=reduce_retracing,
         input_signature=signature,
