@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
 
+import vae_mnist  # noqa: E402
 from data import mnist_subset  # noqa: E402
 from vae_mnist import binarized  # noqa: E402
 
@@ -59,20 +60,9 @@ def make_latent(kind: str, latent: int, num_flows: int, flow_hidden: int):
 
 def build_vae(latent_layer, latent: int = LATENT, hidden: int = 512) -> kvi.VariationalModel:
     """vae_mnist.py's network with the given posterior layer."""
-    images = keras.Input((784,), name="image")
-    h = keras.layers.Dense(hidden, activation="relu")(images)
-    h = keras.layers.Dense(hidden, activation="relu")(h)
-    z = latent_layer(keras.layers.Dense(2 * latent)(h))
-    decoder = keras.Sequential(
-        [
-            keras.Input((latent,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(784),
-        ],
-        name="decoder",
+    return vae_mnist.build_vae(
+        latent, hidden, latent_layer=latent_layer, name=f"vae_{latent_layer.name}"
     )
-    return kvi.VariationalModel(images, decoder(z), likelihood="bernoulli", name=f"vae_{z.name}")
 
 
 def train_one(

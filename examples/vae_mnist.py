@@ -30,12 +30,19 @@ from data import mnist_subset  # noqa: E402
 LATENT = 32
 
 
-def build_vae(latent: int = LATENT, hidden: int = 512, **model_kwargs) -> kvi.VariationalModel:
-    """784-512-512-latent encoder, mirrored decoder, Bernoulli pixels."""
+def build_vae(
+    latent: int = LATENT, hidden: int = 512, latent_layer=None, **model_kwargs
+) -> kvi.VariationalModel:
+    """784-512-512-latent encoder, mirrored decoder, Bernoulli pixels.
+
+    `latent_layer` draws z from the encoder's `2 * latent` outputs (default: a NormalLatent).
+    """
     images = keras.Input((784,), name="image")
     h = keras.layers.Dense(hidden, activation="relu")(images)
     h = keras.layers.Dense(hidden, activation="relu")(h)
-    z = kvi.layers.NormalLatent(latent, name="z")(keras.layers.Dense(2 * latent)(h))
+    if latent_layer is None:
+        latent_layer = kvi.layers.NormalLatent(latent, name="z")
+    z = latent_layer(keras.layers.Dense(2 * latent)(h))
     decoder = keras.Sequential(
         [
             keras.Input((latent,)),
@@ -46,7 +53,7 @@ def build_vae(latent: int = LATENT, hidden: int = 512, **model_kwargs) -> kvi.Va
         name="decoder",
     )
     return kvi.VariationalModel(
-        images, decoder(z), likelihood="bernoulli", name="vae", **model_kwargs
+        images, decoder(z), likelihood="bernoulli", **{"name": "vae", **model_kwargs}
     )
 
 
