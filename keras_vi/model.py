@@ -225,7 +225,15 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
 
     def _check_estimators(self) -> None:
         """Each latent's estimator against the model's objective and K, before any step runs."""
+        names = {layer.name for layer in self._flatten_layers(include_self=False)}
         for layer in self._latent_layers():
+            conditioned_by = getattr(layer, "conditioned_by", None)
+            if conditioned_by is not None and conditioned_by not in names:
+                raise ValueError(
+                    f"Latent {layer.name!r} gets its prior from ConditionalPrior "
+                    f"{conditioned_by!r}, which is not part of this model (its output must "
+                    "feed the model's outputs); without it the latent would keep its own prior."
+                )
             estimator = layer.resolved_estimator
             if estimator is None:  # "auto": resolves to an estimator that suits any objective
                 continue

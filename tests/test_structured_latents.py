@@ -337,3 +337,13 @@ def test_conditional_prior_errors():
     x = np.zeros((2, 4), "float32")
     with pytest.raises(ValueError, match="also given a prior by a ConditionalPrior"):
         model.compute_objective(x, x, training=False)
+
+
+def test_a_conditional_prior_whose_output_is_unused_is_refused():
+    inputs = keras.Input((4,))
+    z_layer = kvi.layers.NormalLatent(2, name="z")
+    z = z_layer(inputs)
+    kvi.layers.ConditionalPrior(z_layer, name="unused")(z, keras.layers.Dense(4)(z))
+    model = kvi.VariationalModel(inputs, keras.layers.Dense(4)(z), likelihood="bernoulli")
+    with pytest.raises(ValueError, match="ConditionalPrior 'unused', which is not part"):
+        model.compile(optimizer="adam")
