@@ -156,9 +156,8 @@ def expectation(
 
     # Sampling runs in a training scope: estimators that behave differently at evaluation
     # (Gumbel-softmax draws exact samples there) use their training behaviour here.
-    with _scope.recording(
-        _scope.StepScope(objective=objective or "elbo", num_samples=num_samples, training=True)
-    ):
+    step = _scope.StepScope(objective=objective or "elbo", num_samples=num_samples, training=True)
+    with _scope.recording(step):
         z = est.sample(q, tfp_seed, sample_shape=[num_samples])
 
     site = _scope.Site(
@@ -171,19 +170,25 @@ def expectation(
         seed=tfp_seed,
         key="expectation",
     )
+    step.latents = [site]
 
     def run(tape):
         # d log w / dz is taken (on request: DReG) from the tape that watched z.
         z_watched = z if tape is None else tape.watch(z)
         per_sample = _per_sample(fn, q, z_watched, est, objective, num_samples)
         score_log_q = q.log_prob(estimators.stop_gradient_nested(z_watched))
-        if objective is None:
+        weights = est.draw_weights(site, step)
+        if weights is not None:  # Enumerate: the draws are q's values, weighted by q
+            signal, bound = _weighted_sum(per_sample, ops.cast(weights, "float32"))
+            value = ops.mean(bound)
+        elif objective is None:
             signal, score_log_q = _align(per_sample, score_log_q)
             value = ops.mean(per_sample)
             bound = ops.mean(signal, axis=0)
         else:
             signal = per_sample
-            bound = objectives.bound_of(objective, per_sample)
+            num_bound = objectives.bound_samples([site], objective, num_samples)
+            bound = objectives.bound_of(objective, per_sample[:num_bound])
             value = ops.mean(bound)
         site.z = z_watched
         signals = objectives.Signals(
@@ -195,6 +200,7 @@ def expectation(
             bound=bound,
             maximize=maximize,
             layout="samples",
+            draw_weights=weights,
             score_log_probs={site.key: score_log_q},
             path_gradient_fn=None
             if tape is None
@@ -205,6 +211,22 @@ def expectation(
     if not est.reparameterized:
         return run(None)
     return gradients.with_sample_tape(run)
+
+
+def _weighted_sum(values, weights):
+    """fn's values [S, ...] and their sum over the draws weighted by `weights`, which has
+    the shape of log q(z) [S, *batch]: extra axes of fn are averaged (as in the value's
+    mean); fn must keep q's batch axes, each member weighted by its own probabilities."""
+    f_rank, w_rank = len(values.shape), len(weights.shape)
+    if f_rank < w_rank:
+        raise ValueError(
+            "estimator=Enumerate() weights every batch member of q by its own "
+            f"probabilities, so `fn` must return one value per draw and batch member, shape "
+            f"{tuple(weights.shape)}; got {tuple(values.shape)}."
+        )
+    if f_rank > w_rank:
+        values = ops.mean(values, axis=tuple(range(w_rank, f_rank)))
+    return values, ops.sum(weights * values, axis=0)
 
 
 def _per_sample(fn, q, z, est, objective: str | None, num_samples: int):

@@ -130,6 +130,37 @@ def bound_of(objective, log_weights):
     return ops.mean(log_weights, axis=0)
 
 
+def bound_samples(sites: list, objective, num_samples: int) -> int:
+    """How many of the K draws per example, the first ones, form a multi-sample bound where
+    gradients are estimated: fewer than K when an estimator draws dependent extra samples
+    for its learning signals only (`Estimator.bound_samples`).
+
+    Then every other latent must be one whose gradient the value carries (no surrogate of
+    its own), since the extra rows are not part of the bound.
+    """
+    from keras_vi.estimators.base import Estimator
+
+    counts = {site.estimator.bound_samples(objective, num_samples) for site in sites}
+    count = min(counts, default=num_samples)
+    if count == num_samples:
+        return count
+    owner = next(s for s in sites if s.estimator.bound_samples(objective, num_samples) == count)
+    for site in sites:
+        own = site.estimator.bound_samples(objective, num_samples)
+        if own == count and type(site.estimator) is type(owner.estimator):
+            continue
+        if own != num_samples or type(site.estimator).surrogate is not Estimator.surrogate:
+            raise ValueError(
+                f"Latent {owner.name!r}: estimator={type(owner.estimator).__name__}() with "
+                f"objective={objective!r} forms the bound from the first {count} of the "
+                f"num_samples={num_samples} draws; latent {site.name!r} with estimator="
+                f"{type(site.estimator).__name__}() would take learning signals from all "
+                "of them. Give it the same estimator or a pathwise one "
+                "('reparameterization', 'stl')."
+            )
+    return count
+
+
 def check_num_samples(num_samples) -> int:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
@@ -164,6 +195,8 @@ class Signals:
     # [B] per-example weights (Keras's `sample_weight`), or None for equal weights.
     sample_weight: Any = None
     layout: str = "rows"
+    # [K, B] weights of the draws in place of 1/K (`Estimator.draw_weights`), or None.
+    draw_weights: Any = None
     # site key -> log q(z) with z held fixed, where the caller computed it already.
     score_log_probs: dict = dataclasses.field(default_factory=dict)
     # site -> d sum(per_sample) / dz (gradient stopped); given by the objective builder.
@@ -181,7 +214,11 @@ class Signals:
         the batch reduction of the loss: the mean, or with sample weights their weighted sum
         divided by the batch size (Keras's "sum_over_batch_size")."""
         axis_k = ops.mean if self.objective == "elbo" else ops.sum
-        per_example = axis_k(per_sample, axis=0)
+        if self.draw_weights is not None and self.objective == "elbo":
+            # The weights' own gradient belongs to the value, not to a surrogate.
+            per_example = ops.sum(ops.stop_gradient(self.draw_weights) * per_sample, axis=0)
+        else:
+            per_example = axis_k(per_sample, axis=0)
         if self.sample_weight is None:
             return ops.mean(per_example)
         batch = ops.cast(ops.shape(per_example)[0], per_example.dtype)
@@ -325,11 +362,41 @@ def surrogate_loss(value, sites: list, signals: Signals):
     return value + surrogate - ops.stop_gradient(surrogate)
 
 
-def _weighted_mean(values, sample_weight):
+def _mean_over_draws(values, draw_weights):
+    """[K, B, ...] -> [B, ...]: the mean over the K draws, or their sum weighted by
+    `draw_weights` ([K, B], see `Estimator.draw_weights`)."""
+    if draw_weights is None:
+        return ops.mean(values, axis=0)
+    weights = draw_weights
+    for _ in range(len(values.shape) - len(weights.shape)):
+        weights = ops.expand_dims(weights, -1)
+    return ops.sum(weights * values, axis=0)
+
+
+def _draw_weights(scope, k: int):
+    """[K, B] weights of the draws from the one latent whose estimator gives them, or None."""
+    found = None
+    for site in scope.latents:
+        weights = site.estimator.draw_weights(site, scope)
+        if weights is None:
+            continue
+        if found is not None:
+            raise ValueError(
+                f"Latents {found[0].key!r} and {site.key!r} both weight their draws "
+                f"({type(found[0].estimator).__name__}(), {type(site.estimator).__name__}()); "
+                "one latent per model may."
+            )
+        found = (site, _layout.to_samples(ops.cast(weights, "float32"), k))
+    return None if found is None else found[1]
+
+
+def _weighted_mean(values, sample_weight, draw_weights=None):
     """Mean of [K, B] or [B] values over every axis, example b weighted by sample_weight[b].
 
     With all weights zero the mean is 0 (the batch then adds nothing to the epoch means).
     """
+    if draw_weights is not None and len(values.shape) == 2:
+        values = _mean_over_draws(values, draw_weights)
     if sample_weight is None:
         return ops.mean(values)
     if len(values.shape) == 2:
@@ -373,7 +440,8 @@ def compute(
         example_weight = batch
     # Keras scales a weighted loss by sum(w) / B relative to the weighted mean.
     loss_scale = example_weight / batch
-    wmean = lambda t: _weighted_mean(t, sample_weight)  # noqa: E731
+    draw_weights = _draw_weights(scope, k)
+    wmean = lambda t: _weighted_mean(t, sample_weight, draw_weights)  # noqa: E731
 
     kls = {}
     kl_per_latent = {}
@@ -395,9 +463,9 @@ def compute(
             else:
                 per_dim_kb = _layout.to_samples(per_dim, k)
                 if sample_weight is None:
-                    dim_means = ops.mean(per_dim_kb, axis=(0, 1))
+                    dim_means = ops.mean(_mean_over_draws(per_dim_kb, draw_weights), axis=0)
                 else:
-                    weighted = ops.mean(per_dim_kb, axis=0) * sample_weight[:, None]
+                    weighted = _mean_over_draws(per_dim_kb, draw_weights) * sample_weight[:, None]
                     dim_means = ops.divide_no_nan(ops.sum(weighted, axis=0), example_weight)
                 free_bits_kl += ops.sum(ops.maximum(free_bits, dim_means))
 
@@ -411,10 +479,11 @@ def compute(
     # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
     # are undefined there (VIMCO with K = 1) and none is differentiated.
     if is_multi_sample(objective):
-        bound = bound_of(objective, per_sample)
+        num_bound = bound_samples(scope.latents, objective, k) if training else k
+        bound = bound_of(objective, per_sample[:num_bound])
         value = wmean(bound)
     else:
-        bound = ops.mean(per_sample, axis=0)
+        bound = _mean_over_draws(per_sample, draw_weights)
         if free_bits is not None:
             value = wmean(log_lik) - kl_weight * free_bits_kl
         else:
@@ -431,6 +500,7 @@ def compute(
         bound=bound,
         kls=kls,
         sample_weight=sample_weight,
+        draw_weights=draw_weights,
         path_gradient_fn=None
         if tape is None
         else path_gradient_fn(tape, scope.latents, per_sample),

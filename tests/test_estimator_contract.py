@@ -24,10 +24,13 @@ def test_builtin_estimators_declare_the_contract():
     assert declared == {
         "disarm": (False, None, None),
         "dreg": (True, "sample", "iwae"),
+        "enumerate": (False, None, None),
         "gumbel_softmax": (True, "analytic", None),
+        "relax": (False, None, None),
         "reparameterization": (True, None, None),
         "score_function": (False, None, None),
         "stl": (True, "sample", None),
+        "sum_and_sample": (False, None, None),
         "vimco": (False, None, "iwae"),
     }
 

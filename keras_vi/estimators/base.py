@@ -164,6 +164,27 @@ class Estimator:
         """A scalar whose gradient joins the objective's (value discarded), or None."""
         return None
 
+    def draw_weights(self, site, scope) -> Any:
+        """The weight of each of the site's draws in the mean over samples, or None for 1/K.
+
+        Shaped like `site.q.log_prob(site.z)` (K * B rows in a model step, [K, *batch] in
+        `kvi.expectation`); the weights of an example's K draws sum to one. `Enumerate()`
+        gives q(k | x) where its draws are the latent's values in turn; the objective (and
+        every other estimator's `Signals.reduce_samples`) then averages with them. `scope`
+        is the step's `keras_vi._scope.StepScope` (objective, K, training, every site).
+        """
+        return None
+
+    def bound_samples(self, objective: Any, num_samples: int) -> int:
+        """How many of an example's `num_samples` draws, the first ones, form the bound in a
+        step where gradients are estimated (a training step, `kvi.expectation`).
+
+        All of them (the default) unless the estimator draws extra, dependent samples that
+        only its learning signals use: `DisARM()` with a multi-sample bound draws K samples
+        and K antithetic partners, and the bound is that of the K.
+        """
+        return num_samples
+
     def get_config(self) -> dict:
         return {}
 

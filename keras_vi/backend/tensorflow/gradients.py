@@ -1,8 +1,10 @@
 """Gradients keras_vi takes outside Keras's training step, on TensorFlow.
 
-Two users: the DReG estimator, which needs d log w / dz for samples z drawn during the
-forward pass (`SampleTape`), and the gradient-variance diagnostics, which take many
-gradients of the loss per logged step (`value_and_gradients`, `function`).
+Three users: the DReG estimator, which needs d log w / dz for samples z drawn during the
+forward pass (`SampleTape`); the gradient-variance diagnostics, which take many gradients of
+the loss per logged step (`value_and_gradients`, `function`); and RELAX, whose control
+variate is trained on an estimate holding its own input gradient
+(`value_and_input_gradient`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,21 @@ def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, li
         value = fn()
     gradients = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return value, gradients
+
+
+def value_and_input_gradient(fn: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
+    """`fn(x)` and d sum(fn(x)) / dx, the latter itself differentiable.
+
+    An enclosing gradient tape records the inner gradient, so the result can be
+    differentiated again with respect to the variables `fn` reads (RELAX trains its control
+    variate on the square of an estimate that holds d c(z) / d logits; it passes a
+    gradient-stopped copy of the logits as `x`).
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x)
+        value = fn(x)
+    gradient = tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return value, gradient
 
 
 def function(
