@@ -475,9 +475,8 @@ def compute(
     weight_kl = weight_kl / ops.cast(num_examples, "float32")
 
     per_sample = log_lik - kl_weight * total_kl
-    # Surrogates shape the gradient of a training step only. An evaluation step (test_step,
-    # kvi.log_likelihood with its own objective and K) reports the value and skips them: some
-    # are undefined there (VIMCO with K = 1) and none is differentiated.
+    # Where gradients are estimated, an estimator may form the bound from the first of its
+    # draws only (DisARM's antithetic partners); evaluation bounds every draw.
     if is_multi_sample(objective):
         num_bound = bound_samples(scope.latents, objective, k) if training else k
         bound = bound_of(objective, per_sample[:num_bound])

@@ -41,6 +41,17 @@ class VariationalTrainer:
         metrics += [self._skipped_steps, self._support_violations]
         return [v for metric in metrics for v in metric.variables] + self._hook_variables()
 
+    def __setattr__(self, name, value):
+        # Keras's JAX `fit` stores the whole state (every weight, slot and metric value) in
+        # `_jax_state` after each step; `Layer.__setattr__` then walks it looking for
+        # variables and layers to track (there are none: these are arrays). That walk cost
+        # a third of a small model's step on the host, and on a GPU the host is what bounds
+        # a step of this size. A private attribute, checked by tests/test_architecture.py.
+        if name == "_jax_state":
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _hook_variables(self) -> list:
         """What the step hooks write (each hook's `variables`), carried with the metrics'
         variables: mapped in the objective's scope, read back from it after the hooks ran."""
