@@ -19,6 +19,7 @@ import keras_vi as kvi
 from keras_vi import _scope, objectives
 
 from backend_utils import gradients
+from quadratic_bits import QuadraticBits
 
 pytestmark = pytest.mark.backends("tensorflow", "jax")
 
@@ -28,21 +29,10 @@ numpy = ops.convert_to_numpy
 # f(b) = sum_i c_i b_i + sum_{i<j} d_ij b_i b_j on 20 Bernoulli bits, fixed small c, d.
 DIM = 20
 N = 20_000
-_rng = np.random.default_rng(0)
-LOGITS = _rng.normal(0.0, 0.5, DIM).astype("float32")
-C = _rng.normal(0.0, 0.5, DIM).astype("float32")
-_upper = np.triu(_rng.normal(0.0, 0.5, (DIM, DIM)), 1)
-PAIRWISE = (_upper + _upper.T).astype("float32")  # symmetric, zero diagonal
-
-
-def quadratic_f(b):
-    return ops.sum(b * C, axis=-1) + 0.5 * ops.sum(b * ops.matmul(b, PAIRWISE), axis=-1)
-
-
-def exact_gradient():
-    """d E[f(b)] / d logits: E f = c.p + 1/2 p.D.p with p = sigmoid(a), in float64."""
-    p = 1.0 / (1.0 + np.exp(-LOGITS.astype(np.float64)))
-    return p * (1.0 - p) * (C + PAIRWISE.astype(np.float64) @ p)
+PROBLEM = QuadraticBits(DIM)
+LOGITS = PROBLEM.logits
+quadratic_f = PROBLEM.f
+exact_gradient = PROBLEM.exact_gradient
 
 
 def estimates(estimator, num_samples, seed):
