@@ -172,6 +172,13 @@ def expectation(
     )
     step.latents = [site]
 
+    def relaxed_signal(site, value, log_q):
+        """fn's learning signal at a relaxed value of the sample (REBAR's control variate)."""
+        values = ops.cast(ops.convert_to_tensor(fn(value)), "float32")
+        if objective is None:
+            return _align(values, log_q)[0]
+        return values - log_q
+
     def run(tape):
         # d log w / dz is taken (on request: DReG) from the tape that watched z.
         z_watched = z if tape is None else tape.watch(z)
@@ -205,6 +212,7 @@ def expectation(
             path_gradient_fn=None
             if tape is None
             else objectives.path_gradient_fn(tape, [site], per_sample),
+            relaxed_signal_fn=relaxed_signal,
         )
         return objectives.surrogate_loss(value, [site], signals)
 

@@ -201,6 +201,9 @@ class Signals:
     score_log_probs: dict = dataclasses.field(default_factory=dict)
     # site -> d sum(per_sample) / dz (gradient stopped); given by the objective builder.
     path_gradient_fn: Any = None
+    # (site, relaxed value, its log q) -> the learning signal [K, B] at a relaxed, non-discrete
+    # value of the site's sample (REBAR); only kvi.expectation, which holds fn, can give it.
+    relaxed_signal_fn: Any = None
 
     def to_samples(self, flat):
         """A site's per-row values as [K, B] (rows layout), or unchanged (samples layout)."""

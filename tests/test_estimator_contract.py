@@ -26,6 +26,7 @@ def test_builtin_estimators_declare_the_contract():
         "dreg": (True, "sample", "iwae"),
         "enumerate": (False, None, None),
         "gumbel_softmax": (True, "analytic", None),
+        "rebar": (False, None, None),
         "relax": (False, None, None),
         "reparameterization": (True, None, None),
         "score_function": (False, None, None),

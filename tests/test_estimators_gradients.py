@@ -205,9 +205,16 @@ def test_unbiased_on_gaussian_closed_form():
     print("Gaussian, (mean - closed form) / SE:", results)
 
 
+def discrete_relaxation_estimators():
+    """The unbiased estimators whose control variate relaxes a Bernoulli or categorical draw
+    (REBAR: eta * f(sigma(z / lambda)) at its starting eta = 1, lambda = 0.5)."""
+    return {"rebar": (kvi.estimators.REBAR(), 1), "rebar_k3": (kvi.estimators.REBAR(0.3), 3)}
+
+
 def test_unbiased_on_bernoulli_toy():
     results = {}
-    for i, (name, (est, k)) in enumerate(unbiased_score_function_estimators().items()):
+    estimators = {**unbiased_score_function_estimators(), **discrete_relaxation_estimators()}
+    for i, (name, (est, k)) in enumerate(estimators.items()):
         params = variables(THETA)
         warm_up(bernoulli, params, bernoulli_f, est, k, seed=100 + i)
         _, (g,) = per_copy_gradients(bernoulli, params, bernoulli_f, est, k, seed=i)
@@ -219,7 +226,8 @@ def test_unbiased_on_categorical_exact_enumeration():
     exact = categorical_exact_gradient()
     n = 40_000
     results = {}
-    for i, (name, (est, k)) in enumerate(unbiased_score_function_estimators().items()):
+    estimators = {**unbiased_score_function_estimators(), **discrete_relaxation_estimators()}
+    for i, (name, (est, k)) in enumerate(estimators.items()):
         logits = keras.Variable(np.tile(np.array([LOGITS], "float32"), [n, 1]))
 
         def one_hot(logits):

@@ -31,6 +31,7 @@ __all__ = [
     "Enumerate",
     "Estimator",
     "GumbelSoftmax",
+    "REBAR",
     "RELAX",
     "Reparameterization",
     "ScoreFunction",

@@ -32,17 +32,23 @@ def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, li
     return jax.value_and_grad(value)([v.value for v in variables])
 
 
-def value_and_input_gradient(fn: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
+def value_and_input_gradient(
+    fn: Callable[[Any], Any], x: Any, has_aux: bool = False
+) -> tuple[Any, ...]:
     """`fn(x)` and d sum(fn(x)) / dx, the latter itself differentiable.
 
     A vector-Jacobian product with a cotangent of ones, traced inside whatever
     differentiation encloses the call, so the result can be differentiated again with respect
     to the variables `fn` reads (mapped to traced values by the enclosing stateless scope).
-    `fn` must not write variables.
+    `fn` must not write variables. With `has_aux`, `fn` returns `(value, aux)` and the
+    result is `(value, gradient, aux)`; aux is not differentiated.
     """
-    value, pullback = jax.vjp(fn, x)
+    if has_aux:
+        value, pullback, aux = jax.vjp(fn, x, has_aux=True)
+    else:
+        value, pullback = jax.vjp(fn, x)
     (gradient,) = pullback(jnp.ones_like(value))
-    return value, gradient
+    return (value, gradient, aux) if has_aux else (value, gradient)
 
 
 def function(

@@ -27,19 +27,24 @@ def value_and_gradients(fn: Callable[[], Any], variables: list) -> tuple[Any, li
     return value, gradients
 
 
-def value_and_input_gradient(fn: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
+def value_and_input_gradient(
+    fn: Callable[[Any], Any], x: Any, has_aux: bool = False
+) -> tuple[Any, ...]:
     """`fn(x)` and d sum(fn(x)) / dx, the latter itself differentiable.
 
     An enclosing gradient tape records the inner gradient, so the result can be
     differentiated again with respect to the variables `fn` reads (RELAX trains its control
     variate on the square of an estimate that holds d c(z) / d logits; it passes a
-    gradient-stopped copy of the logits as `x`).
+    gradient-stopped copy of the logits as `x`). With `has_aux`, `fn` returns
+    `(value, aux)` and the result is `(value, gradient, aux)`; aux is not differentiated.
     """
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(x)
         value = fn(x)
+        if has_aux:
+            value, aux = value
     gradient = tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return value, gradient
+    return (value, gradient, aux) if has_aux else (value, gradient)
 
 
 def function(
