@@ -198,7 +198,18 @@ def test_registered_callables_save_and_load(kwargs, tmp_path, binary_data):
         kvi.estimators.ScoreFunction(),
         keras.layers.Dense(1),
     ],
-    ids=repr,
+    # Stable names (a repr holds an address, and parallel workers must collect the same ids).
+    ids=[
+        "none",
+        "alias",
+        "number",
+        "registered_function",
+        "keras_activation",
+        "keras_loss",
+        "keras_vi_prior",
+        "estimator",
+        "layer",
+    ],
 )
 def test_loadable_values_pass(value):
     check_registered(value, "argument", "Owner 'o'")
