@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # --no-compile: Python compiles what it imports on first use; byte-compiling every file of
 # TensorFlow and JAX at install time took a large part of each install.
-PIP := $(BIN)/python -m pip --disable-pip-version-check -q --no-compile
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
@@ -36,11 +36,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.examples: $(BIN)/python pyproject.toml
-	$(PIP) install -e ".[examples]"
+	$(PIP) install --no-compile -e ".[examples]"
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(PIP) install -e ".[test,examples,jax]"
+	$(PIP) install --no-compile -e ".[test,examples,jax]"
 	touch $@
 
 demo: $(VENV)/.examples
@@ -78,7 +78,7 @@ test: lint
 
 .venv-%/.test: constraints/%.txt pyproject.toml
 	$(PYTHON) -m venv .venv-$*
-	.venv-$*/bin/python -m pip --disable-pip-version-check -q --no-compile install -c $< \
+	.venv-$*/bin/python -m pip --disable-pip-version-check -q install --no-compile -c $< \
 		-e ".[test$(if $(findstring jax,$*),$(comma)jax)]"
 	touch $@
 
