@@ -12,12 +12,11 @@ export KERAS_BACKEND := tensorflow
 
 comma := ,
 
-# The Keras backends `make test` runs the suite on, side by side, each on PYTEST_WORKERS
-# pytest-xdist workers (a test file stays on one worker), each into .suite-<backend>.log,
-# printed at the end. Tests are mostly single-threaded: the workers let the longer JAX suite
-# use both cores once the TensorFlow one is done.
+# The Keras backends `make test` runs the suite on, side by side (tests are mostly
+# single-threaded), each into .suite-<backend>.log, printed at the end with the ten slowest
+# tests. (Two pytest-xdist workers per suite were tried: four processes on two cores made the
+# whole CI run slower, not faster.)
 BACKENDS := tensorflow jax
-PYTEST_WORKERS ?= 2
 # Other stacks (constraints/<name>.txt), each with the backend its suite runs on: the minimum
 # pins and Kaggle's image on TensorFlow (the suite but its slowest tests), the oldest JAX
 # keras_vi claims on JAX (the tests of MINIMUM_JAX_TESTS: the whole JAX suite would not fit
@@ -61,8 +60,8 @@ define SUITES
 	while read name venv backend paths; do \
 		( $$venv/bin/python -m pip list --format=freeze 2>/dev/null \
 		    | grep -iE "^(tensorflow|keras|tensorflow-probability|jax)==" | tr '\n' ' '; echo; \
-		  KERAS_BACKEND=$$backend $$venv/bin/python -m pytest -q -n $(PYTEST_WORKERS) \
-		    --dist loadfile --durations=10 $${paths:-tests} ) \
+		  KERAS_BACKEND=$$backend $$venv/bin/python -m pytest -q --durations=10 \
+		    $${paths:-tests} ) \
 		  > .suite-$$name.log 2>&1 & \
 		queue="$$queue $$!"; names="$$names $$name"; \
 		set -- $$queue; \
