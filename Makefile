@@ -14,8 +14,8 @@ comma := ,
 
 # The Keras backends `make test` runs the suite on, side by side (tests are mostly
 # single-threaded), each into .suite-<backend>.log, printed at the end with the ten slowest
-# tests. (Two pytest-xdist workers per suite were tried: four processes on two cores made the
-# whole CI run slower, not faster.)
+# tests. (Two pytest-xdist workers per suite were tried: four processes on two cores gave no
+# clear gain in the whole CI run.)
 BACKENDS := tensorflow jax
 # Other stacks (constraints/<name>.txt), each with the backend its suite runs on: the minimum
 # pins and Kaggle's image on TensorFlow (the suite but its slowest tests), the oldest JAX
