@@ -188,18 +188,20 @@ class ControlVariate(keras.layers.Layer):
     def call(self, inputs):
         return self.network(inputs)
 
-    def get_config(self):
-        config = super().get_config()
+    def options(self) -> dict:
+        """The constructor arguments (the network serialized when it is a custom one)."""
         network = False if self.network is None else None
         if self.custom:
             network = _serialization.serialize(self.network, "control_variate", "RELAX")
         return {
-            **config,
             "network": network,
             "hidden_units": self.hidden_units,
             "rebar": self.rebar,
             "temperature": self.temperature,
         }
+
+    def get_config(self):
+        return {**super().get_config(), **self.options()}
 
 
 @keras.saving.register_keras_serializable(package="keras_vi")
@@ -434,16 +436,8 @@ class RELAX(Estimator):
         return f"RELAX(hidden_units={cv.hidden_units}{rebar})"
 
     def get_config(self) -> dict:
-        cv = self.baseline
-        network = None
-        if cv.custom:
-            network = _serialization.serialize(cv.network, "control_variate", "RELAX")
-        return {
-            "control_variate": network,
-            "hidden_units": cv.hidden_units,
-            "rebar": cv.rebar,
-            "temperature": cv.temperature,
-        }
+        options = self.baseline.options()
+        return {"control_variate": options.pop("network"), **options}
 
     @classmethod
     def from_config(cls, config: dict) -> RELAX:
