@@ -229,3 +229,71 @@ def test_a_failed_fit_leaves_a_working_model(binary_data):
     assert model.predict(binary_data[:2], verbose=0).shape == (2, 20)
     history = model.fit(binary_data[:64], batch_size=32, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
+
+
+def test_step_logs_leave_a_compiled_step_as_one_array():
+    """The float scalars of a step's logs are stacked into one output array and read back
+    together; other entries, and entries replaced after the logs were made, go as they are."""
+    import jax
+    import jax.numpy as jnp
+
+    from keras_vi.backend.jax.logs import StepLogs
+
+    @jax.jit
+    def step(x):
+        logs = StepLogs({"sum": x.sum(), "mean": x.mean(), "values": x, "count": jnp.int32(4)})
+        logs["max"] = x.max()  # added after: carried as itself
+        logs.update({"sum": x.min()})  # replaced: the new value, not the stacked one
+        return logs
+
+    logs = step(jnp.arange(4.0))
+    assert list(logs) == ["sum", "mean", "values", "count", "max"]
+    # One array for "mean" (the stacked scalars), then "sum", "values", "count", "max".
+    assert len(jax.tree_util.tree_leaves(logs)) == 5
+    as_floats = {name: float(value) for name, value in logs.items() if name != "values"}
+    assert as_floats == {"sum": 0.0, "mean": 1.5, "count": 4.0, "max": 3.0}
+    np.testing.assert_array_equal(logs["values"], [0.0, 1.0, 2.0, 3.0])
+    assert np.asarray(logs["mean"]) == np.float32(1.5)
+    assert f"{logs['mean']:.2f}" == "1.50" and repr(logs["mean"]) == "1.5"
+    # Into and out of a compiled function again: the same entries.
+    again = jax.jit(lambda logs: {name: value * 2 for name, value in logs.items()})(logs)
+    assert float(again["mean"]) == 3.0 and float(again["sum"]) == 0.0
+    # Outside a compiled step nothing is stacked: the values are the arrays given.
+    value = jnp.float32(2.0)
+    assert StepLogs({"loss": value})["loss"] is value
+
+
+def test_fit_logs_are_the_step_metrics(binary_data):
+    """What callbacks see after each step (read from the stacked logs) is the metrics'
+    values, with or without a batch-end hook (Keras reads logs in a thread without one)."""
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.logs = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.logs.append(dict(logs))
+
+    for recorder in (Recorder(), None):
+        keras.utils.set_random_seed(0)
+        model = small_vae()
+        model.compile(optimizer="adam")
+        callbacks = [recorder] if recorder else []
+        history = model.fit(
+            binary_data, batch_size=64, epochs=2, verbose=0, shuffle=False, callbacks=callbacks
+        ).history
+        metrics = {name: float(value) for name, value in model.get_metrics_result().items()}
+        for name in ("loss", "elbo", "nll", "kl", "kl/z", "kl_weight"):
+            assert history[name][-1] == pytest.approx(metrics[name], rel=1e-6), name
+            assert isinstance(history[name][-1], float)
+        assert history["skipped_steps"] == [0.0, 0.0]
+        if recorder:
+            assert len(recorder.logs) == 8
+            last = recorder.logs[-1]
+            assert all(isinstance(value, float) for value in last.values())
+            assert {name: last[name] for name in metrics} == pytest.approx(metrics, rel=1e-6)
+            first_epoch = {name: history[name][0] for name in metrics}
+            assert {name: recorder.logs[3][name] for name in metrics} == pytest.approx(
+                first_epoch, rel=1e-6
+            )

@@ -20,6 +20,7 @@ import keras
 
 from keras_vi import _nonfinite, _reporting
 from keras_vi.backend.jax import gradients
+from keras_vi.backend.jax.logs import StepLogs
 
 
 class VariationalTrainer:
@@ -120,7 +121,7 @@ class VariationalTrainer:
             logs = {**_reporting.logs(self), "skipped_steps": self._skipped_steps.result()}
         new_non_trainable = _values(scope, self.non_trainable_variables, new_non_trainable)
         new_metrics = _values(scope, self.metrics_variables, metric_values)
-        return logs, (new_trainable, new_non_trainable, new_optimizer, new_metrics)
+        return StepLogs(logs), (new_trainable, new_non_trainable, new_optimizer, new_metrics)
 
     def test_step(self, state, data):
         trainable, non_trainable, metric_values = state
@@ -136,7 +137,7 @@ class VariationalTrainer:
             logs = _reporting.logs(self)
         new_non_trainable = _values(scope, self.non_trainable_variables, non_trainable)
         new_metrics = _values(scope, self.metrics_variables, metric_values)
-        return logs, (trainable, new_non_trainable, new_metrics)
+        return StepLogs(logs), (trainable, new_non_trainable, new_metrics)
 
     @functools.wraps(keras.Model.fit)
     def fit(self, *args, **kwargs):
