@@ -79,12 +79,27 @@ def check(model, out: dict, gradients, check_gradients: bool = True):
     return ops.all(ops.stack(flags)), flags
 
 
+def below_limit(model, consecutive_skips):
+    """Whether a step may update the model: false once `max_consecutive_skips` consecutive
+    steps were skipped (None when there is no limit).
+
+    From then on every step is skipped until `fit` starts again, so a model's weights,
+    optimizer and baseline state stay those of the step that reached the limit however
+    late the host reads the count (`kvi.callbacks.NonFiniteStop` reads it without making
+    the host wait for the step; `train_on_batch` raises as soon as it is reached).
+    """
+    if model.max_consecutive_skips is None:
+        return None
+    return ops.less(consecutive_skips, model.max_consecutive_skips)
+
+
 def record(model, ok, flags) -> None:
-    """Counts a skipped step (ok false) and remembers its first non-finite term."""
+    """Counts a skipped step (ok false) and remembers the first non-finite term of the last
+    step that had one."""
     first_bad = ops.cast(ops.argmin(ops.cast(ops.stack(flags), "int32")), "int32")
     term = ops.convert_to_tensor(model._nonfinite_term)
     skips = ops.convert_to_tensor(model._consecutive_skips)
-    model._nonfinite_term.assign(ops.where(ok, term, first_bad))
+    model._nonfinite_term.assign(ops.where(ops.all(ops.stack(flags)), term, first_bad))
     model._consecutive_skips.assign(ops.where(ok, 0, skips + 1))
     model._skipped_steps.update_state(1.0 - ops.cast(ok, "float32"))
 

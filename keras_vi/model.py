@@ -28,6 +28,7 @@ from keras_vi import (
     validation,
 )
 from keras_vi.callbacks.non_finite import NonFiniteStop
+from keras_vi.errors import NonFiniteError
 
 __all__ = ["VariationalModel"]
 
@@ -59,7 +60,9 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
         num_examples: dataset size N for the 1/N scaling of weight KLs; inferred by `fit`
             from array inputs or a dataset of known cardinality when not given.
         max_consecutive_skips: raise `kvi.NonFiniteError` after this many consecutive
-            non-finite steps (None: skip forever).
+            non-finite steps (None: skip forever). Once reached, every later step is
+            skipped too until `fit` raises (or `train_on_batch`, which then starts the
+            count again), so the model is left as the step reaching it left it.
         tile_at: where the K copies of each example start. `"input"` tiles the batch K times
             and runs the whole model on K*B rows. `"latent"` (functional models only) runs
             everything before the latent layers once on the B rows and tiles each latent's
@@ -624,6 +627,17 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             raise
         self._raise_if_outside_support("fit")
         return history
+
+    def train_on_batch(self, *args, **kwargs):
+        """`keras.Model.train_on_batch`; raises `kvi.NonFiniteError` when this step made
+        `max_consecutive_skips` consecutive skipped (non-finite) steps, and starts the count
+        again (a step past the limit would be skipped, see `max_consecutive_skips`)."""
+        result = super().train_on_batch(*args, **kwargs)
+        limit = self.max_consecutive_skips
+        if limit is not None and _nonfinite.consecutive_skips(self) >= limit:
+            self._consecutive_skips.assign(0)
+            raise NonFiniteError(_nonfinite.message(self, limit))
+        return result
 
     def evaluate(self, x=None, y=None, *args, validate_data: bool | None = None, **kwargs):
         """`keras.Model.evaluate`, with `fit`'s `validate_data` checks."""

@@ -52,3 +52,50 @@ def test_recovering_steps_reset_the_count():
     history = model.fit(x, batch_size=16, epochs=1, verbose=0, validate_data=False, shuffle=False)
     assert history.history["skipped_steps"] == [6.0]
     assert int(model.optimizer.iterations.numpy()) == 6
+
+
+def test_steps_past_the_limit_are_skipped_until_training_stops():
+    """Training stops after the step that reached the limit is seen, which can be later
+    (Keras's background-thread read of the count, or, here, `steps_per_execution=4` running
+    the finite batch 7 with the bad batches 4-6 in one call): every step past the limit is
+    skipped, so the model is the one the limit-reaching step left."""
+    rng = np.random.default_rng(2)
+    x = (rng.random((16 * 20, 20)) > 0.5).astype("float32")
+    x[16 * 4 : 16 * 7] = np.nan  # the limit of 3 is reached at batch 6; batch 7 is finite
+
+    def model_after(data, expect_stop):
+        keras.utils.set_random_seed(3)
+        model = small_vae(max_consecutive_skips=3)
+        model.compile(optimizer="adam", steps_per_execution=4)
+        fit = lambda: model.fit(  # noqa: E731
+            data, batch_size=16, epochs=1, verbose=0, shuffle=False, validate_data=False
+        )
+        if expect_stop:
+            with pytest.raises(kvi.NonFiniteError, match="3 consecutive"):
+                fit()
+        else:
+            fit()
+        return model
+
+    stopped = model_after(x, expect_stop=True)
+    assert int(keras.ops.convert_to_numpy(stopped.optimizer.iterations)) == 4
+    reference = model_after(x[: 16 * 4], expect_stop=False)  # the four batches before
+    for a, b in zip(stopped.trainable_weights, reference.trainable_weights):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_train_on_batch_raises_at_the_limit_and_counts_again():
+    rng = np.random.default_rng(4)
+    good = (rng.random((16, 20)) > 0.5).astype("float32")
+    bad = np.full((16, 20), np.nan, "float32")
+    model = small_vae(max_consecutive_skips=3)
+    model.compile(optimizer="adam")
+    model.train_on_batch(good)
+    model.train_on_batch(bad)
+    model.train_on_batch(bad)
+    with pytest.raises(kvi.NonFiniteError, match="3 consecutive.*the likelihood"):
+        model.train_on_batch(bad)
+    model.train_on_batch(good)  # the count started again: this step trains
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2

@@ -91,11 +91,21 @@ class VariationalTrainer:
 
         loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         ok, flags = _nonfinite.check(self, out, grads, check_gradients=not loss_scaled)
+        skips = non_trainable[_index(self.non_trainable_variables, self._consecutive_skips)]
+        below_limit = _nonfinite.below_limit(self, skips)
+        if below_limit is not None:
+            ok = jnp.logical_and(ok, below_limit)
         if loss_scaled:
             # A LossScaleOptimizer skips overflowing steps itself (and lowers its scale).
             new_trainable, new_optimizer = self.optimizer.stateless_apply(
                 optimizer_values, grads, trainable
             )
+            if below_limit is not None:
+                new_trainable, new_optimizer = _where(
+                    below_limit,
+                    (new_trainable, new_optimizer),
+                    (list(trainable), list(optimizer_values)),
+                )
         else:
             # A select, which XLA fuses into the update (the compiled step has the same
             # operations as one without the check); a `lax.cond` copies every weight and
@@ -283,6 +293,10 @@ def _values(scope, variables, previous) -> list:
         new = scope.get_current_value(variable)
         values.append(old if new is None else new)
     return values
+
+
+def _index(variables, variable) -> int:
+    return next(i for i, candidate in enumerate(variables) if candidate is variable)
 
 
 def _where(ok, new, old):

@@ -36,8 +36,14 @@ class VariationalTrainer:
         loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         ok, flags = _nonfinite.check(self, out, gradients, check_gradients=not loss_scaled)
         ok = _agreed_across_replicas(ok)
+        below_limit = _nonfinite.below_limit(self, self._consecutive_skips.value)
+        if below_limit is not None:
+            ok = tf.logical_and(ok, below_limit)
         if loss_scaled:
-            self.optimizer.apply(gradients, trainable_weights)
+            if below_limit is None:
+                self.optimizer.apply(gradients, trainable_weights)
+            else:
+                _apply_if(self.optimizer, gradients, trainable_weights, below_limit)
         else:
             _apply_if(self.optimizer, gradients, trainable_weights, ok)
         for variable, saved in zip(state, saved_state):
