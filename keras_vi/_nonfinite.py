@@ -85,8 +85,8 @@ def below_limit(model, consecutive_skips):
 
     From then on every step is skipped until `fit` starts again, so a model's weights,
     optimizer and baseline state stay those of the step that reached the limit however
-    late the host reads the count (`kvi.callbacks.NonFiniteStop` reads it without making
-    the host wait for the step; `train_on_batch` raises as soon as it is reached).
+    late the host reads the count (`kvi.callbacks.NonFiniteStop` reads it a window of steps
+    late, without making the host wait for a step; `train_on_batch` raises at once).
     """
     if model.max_consecutive_skips is None:
         return None
@@ -108,6 +108,13 @@ def consecutive_skips(model) -> int:
     from keras_vi.backend import trainer
 
     return int(keras.ops.convert_to_numpy(trainer.current_value(model, model._consecutive_skips)))
+
+
+def skips_snapshot(model):
+    """The consecutive-skip count now, as an array to read later without waiting now."""
+    from keras_vi.backend import trainer
+
+    return trainer.snapshot(model, model._consecutive_skips)
 
 
 def message(model, limit: int) -> str:

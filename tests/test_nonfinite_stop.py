@@ -1,5 +1,5 @@
-"""`max_consecutive_skips` stops training at exactly the step that reaches the limit, though
-the skip count is read only when it could have reached it."""
+"""`max_consecutive_skips` stops training with the model the step reaching the limit left,
+though the skip count is read a window of steps late (the host never waits for a step)."""
 
 import keras
 import numpy as np
@@ -21,7 +21,7 @@ class CountBatches(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("limit, first_bad", [(3, 0), (3, 4), (10, 7), (1, 2)])
-def test_training_stops_at_the_step_reaching_the_limit(limit, first_bad):
+def test_training_stops_with_the_model_of_the_step_reaching_the_limit(limit, first_bad):
     rng = np.random.default_rng(0)
     x = (rng.random((16 * 20, 20)) > 0.5).astype("float32")
     x[16 * first_bad :] = np.nan  # every batch from `first_bad` on is non-finite
@@ -38,8 +38,10 @@ def test_training_stops_at_the_step_reaching_the_limit(limit, first_bad):
             callbacks=[counter],
             shuffle=False,
         )
-    assert counter.batches == first_bad + limit
-    assert int(model.optimizer.iterations.numpy()) == first_bad
+    # Stopped within two windows of `limit` steps past the step reaching the limit (or at
+    # the end of the 20 batches); nothing trained after the first bad batch.
+    assert first_bad + limit <= counter.batches <= min(first_bad + 3 * limit, 20)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == first_bad
 
 
 def test_recovering_steps_reset_the_count():

@@ -268,6 +268,15 @@ def current_value(model, variable):
     return variable.value
 
 
+def snapshot(model, variable):
+    """`variable`'s current value, to be read later without waiting for the step that
+    writes it: a copy on the device (Keras donates the step's output to the next step),
+    whose transfer to the host starts now."""
+    copy = jnp.copy(current_value(model, variable))
+    copy.copy_to_host_async()
+    return copy
+
+
 def _reported(out: dict) -> dict:
     """The entries of `compute_objective`'s dict that the step reads after the gradient
     (arrays or None: what `jax.value_and_grad` can hand back as auxiliary output)."""

@@ -86,6 +86,11 @@ def current_value(model, variable):
     return variable.value
 
 
+def snapshot(model, variable):
+    """`variable`'s current value (a TensorFlow step has finished when `fit` goes on)."""
+    return keras.ops.convert_to_numpy(current_value(model, variable))
+
+
 def _batch_size(structure):
     first = next(t for t in tf.nest.flatten(structure) if t is not None)
     return tf.shape(first)[0]
