@@ -95,6 +95,9 @@ def check_sample_weight(sample_weight, n: int | None, batch_size: int | None) ->
         )
 
 
+SUPPORT_CHECK_ROWS = 8192
+
+
 def check_support(likelihood, y_pred_shape, target, batch_size: int | None, name: str) -> None:
     """Raises ValueError when a target value lies outside the named likelihood's support.
 
@@ -107,14 +110,21 @@ def check_support(likelihood, y_pred_shape, target, batch_size: int | None, name
     array = next(a for _, a in _arrays(target, name))
     if array.ndim == 0 or array.dtype.kind not in "biuf":
         return
-    checked = likelihoods.support(likelihood, y_pred_shape, array)
-    if checked is None:
+    # In chunks: the check runs in the backend's ops, on its default device, and a whole
+    # in-memory dataset copied to an accelerator at once could exhaust its memory.
+    for start in range(0, len(array), SUPPORT_CHECK_ROWS):
+        checked = likelihoods.support(
+            likelihood, y_pred_shape, array[start : start + SUPPORT_CHECK_ROWS]
+        )
+        if checked is None:
+            return
+        ok, expected = checked
+        ok = np.asarray(ok)
+        if not ok.all():
+            break
+    else:
         return
-    ok, expected = checked
-    ok = np.asarray(ok)
-    if ok.all():
-        return
-    row = int(np.argmin(ok))
+    row = start + int(np.argmin(ok))
     values = array[row].reshape(-1)
     shown = np.unique(values)[:5].tolist()
     raise ValueError(

@@ -349,6 +349,31 @@ def test_targets_outside_the_support_are_refused(binary_data, make_target, likel
         model.fit(x, y, epochs=1, verbose=0)
 
 
+def test_the_support_check_runs_in_chunks_and_names_the_row(binary_data, monkeypatch):
+    """The fit-time check goes through the data a chunk of rows at a time (a whole dataset
+    copied to an accelerator at once could exhaust its memory) and still names the row."""
+    from keras_vi import likelihoods, validation
+
+    chunks = []
+    support = likelihoods.support
+
+    def counted(likelihood, y_pred_shape, y):
+        if isinstance(y, np.ndarray):  # the fit-time check (the step calls it on tensors)
+            chunks.append(len(y))
+        return support(likelihood, y_pred_shape, y)
+
+    monkeypatch.setattr(validation, "SUPPORT_CHECK_ROWS", 48)
+    monkeypatch.setattr(likelihoods, "support", counted)
+    model = small_vae()
+    model.compile(optimizer="adam")
+    x = binary_data.copy()
+    x[203, 5] = 2.0  # in the fifth chunk of 48 rows
+    with pytest.raises(ValueError, match=r"at example 203 \(batch 6 with batch_size=32\)"):
+        model.fit(x, epochs=1, verbose=0)
+    assert chunks == [48] * 5
+    model.fit(binary_data, epochs=1, verbose=0)  # every chunk inside the support: trains
+
+
 def _one_latent_model(output_width, likelihood):
     inputs = keras.Input((20,))
     z = kvi.layers.NormalLatent(2, name="z")(keras.layers.Dense(4)(inputs))
