@@ -107,9 +107,6 @@ class LogValue:
         value = self._host.values()[self._index]
         return np.asarray(value, dtype=dtype)
 
-    def item(self) -> float:
-        return float(self)
-
     def __repr__(self) -> str:
         return repr(float(self))
 
