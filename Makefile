@@ -95,4 +95,4 @@ bench: $(VENV)/.examples
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-* runs build *.egg-info .suite-*.log
+	rm -rf $(VENV) .venv-* runs build *.egg-info .suite-*.log .ci-matrix.log
