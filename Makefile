@@ -54,12 +54,13 @@ format: $(VENV)/.test
 	$(BIN)/ruff check --fix .
 
 # Runs the suites "<log name> <venv> <backend> [test paths]" given on standard input side by
-# side, two at a time (the CI machine has two cores), and prints each log at the end. A suite
-# runs while it holds one of two slots (lock files, `flock`) shared by every `make` in this
-# tree, so `make test` and `make matrix` run side by side (as CI runs them) keep two suites
-# on the two cores (four at once, CI's JAX suite alone took 27 minutes).
+# side, two at a time (the next starts when either ends; the CI machine has two cores), and
+# prints each log at the end. A suite runs while it holds one of two slots (lock files,
+# `flock`) shared by every `make` in this tree, so that `make test` and `make matrix` run side
+# by side (as CI runs them) keep two suites on the two cores: four at once, the JAX suite
+# took 27 minutes instead of 20.
 define SUITES
-	status=0; queue=""; names=""; \
+	status=0; running=0; names=""; \
 	while read name venv backend paths; do \
 		( $$venv/bin/python -m pip list --format=freeze 2>/dev/null \
 		    | grep -iE "^(tensorflow|keras|tensorflow-probability|jax)==" | tr '\n' ' '; echo; \
@@ -74,11 +75,10 @@ define SUITES
 		    sleep 5; \
 		  done ) \
 		  > .suite-$$name.log 2>&1 & \
-		queue="$$queue $$!"; names="$$names $$name"; \
-		set -- $$queue; \
-		if [ $$# -ge 2 ]; then wait $$1 || status=1; shift; queue="$$*"; fi; \
+		running=$$((running + 1)); names="$$names $$name"; \
+		if [ $$running -ge 2 ]; then wait -n || status=1; running=$$((running - 1)); fi; \
 	done; \
-	for pid in $$queue; do wait $$pid || status=1; done; \
+	while [ $$running -gt 0 ]; do wait -n || status=1; running=$$((running - 1)); done; \
 	for name in $$names; do echo "== $$name"; cat .suite-$$name.log; done; \
 	exit $$status
 endef
