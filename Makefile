@@ -103,7 +103,7 @@ matrix:
 	@export KERAS_VI_SKIP_SLOW=1; printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry))) $(if $(findstring jax,$(firstword $(subst :, ,$(entry)))),$(MINIMUM_JAX_TESTS),$(MATRIX_TF_TESTS))") | { $(SUITES); }
 
 bench: $(VENV)/.examples
-	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in benchmarks/[!_]*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) .venv-* runs build *.egg-info .suite-*.log .suite-slot-* .ci-matrix.log

@@ -23,7 +23,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _clock import EpochClock  # noqa: E402
 
 from data import mnist_subset  # noqa: E402
 from vae_mnist import build_vae  # noqa: E402
@@ -92,19 +92,6 @@ class HandWrittenVAE(keras.Model):
         for tracker, value in zip(self.trackers, (loss, tf.reduce_mean(nll), tf.reduce_mean(kl))):
             tracker.update_state(value)
         return {m.name: m.result() for m in self.trackers}
-
-
-class EpochClock(keras.callbacks.Callback):
-    """When each epoch began and ended (no batch hooks, so Keras's loop is unchanged)."""
-
-    def on_train_begin(self, logs=None):
-        self.begins, self.ends = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begins.append(time.perf_counter())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append(time.perf_counter())
 
 
 def steps_per_second(model, data, steps: int) -> float:

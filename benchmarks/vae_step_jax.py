@@ -33,6 +33,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _clock import EpochClock  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_vi as kvi  # noqa: E402
@@ -95,19 +96,6 @@ def hand_written_vae() -> keras.Model:
     model = keras.Model(images, logits)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bernoulli_nll, jit_compile=True)
     return model
-
-
-class EpochClock(keras.callbacks.Callback):
-    """When each epoch began and ended (no batch hooks: Keras keeps dispatching steps)."""
-
-    def on_train_begin(self, logs=None):
-        self.begins, self.ends = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begins.append(time.perf_counter())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append(time.perf_counter())
 
 
 class KerasRunner:
