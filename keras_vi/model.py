@@ -515,11 +515,11 @@ class VariationalModel(backend.VariationalTrainer, keras.Model):
             y_pred, (list, tuple, dict)
         ):
             return None
-        checked = likelihoods.support(self.likelihood, tuple(y_pred.shape), y)
+        checked = likelihoods.batch_in_support(self.likelihood, tuple(y_pred.shape), y)
         if checked is None:
             return None
         self._support_expected = checked[1]
-        return ops.all(checked[0])
+        return checked[0]
 
     def _support_text(self) -> str:
         return (
