@@ -122,10 +122,10 @@ def _check_per_example(likelihood, scored_by: str, batch_shape, lp, y, rows) -> 
     """Raises when log p(y) is not one value per example (a broadcast or a summed batch).
 
     `lp` is the log-probability before event axes are summed, and `scored_by` names what gave
-    it (a distribution and its shapes). Its shape must be the distribution's `batch_shape`: anything larger means the target broadcast against the
-    output (a target of shape (B,) against an output of shape (B, 1) scores every target
-    against every output), and a batch shape without the example axis means one value for
-    the whole batch.
+    it (a distribution and its shapes). Its shape must be the distribution's `batch_shape`:
+    anything larger means the target broadcast against the output (a target of shape (B,)
+    against an output of shape (B, 1) scores every target against every output), and a batch
+    shape without the example axis means one value for the whole batch.
     """
     name = (
         likelihood if isinstance(likelihood, str) else getattr(likelihood, "__name__", "callable")

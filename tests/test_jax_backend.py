@@ -297,3 +297,38 @@ def test_fit_logs_are_the_step_metrics(binary_data):
             assert {name: recorder.logs[3][name] for name in metrics} == pytest.approx(
                 first_epoch, rel=1e-6
             )
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.Adam(0.1),
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        lambda: keras.optimizers.AdamW(0.1, weight_decay=0.05),
+        lambda: keras.optimizers.Adam(0.1, use_ema=True, ema_overwrite_frequency=2),
+        lambda: keras.optimizers.Adam(0.1, gradient_accumulation_steps=2),
+    ],
+    ids=["adam", "sgd-nesterov", "adamw", "adam-ema", "adam-accumulation"],
+)
+def test_a_conditional_update_is_the_optimizers_own_or_nothing(make_optimizer):
+    """The step's update (a select at each write the optimizer makes) gives exactly what
+    `stateless_apply` gives when the step is finite, and every value untouched when not."""
+    import jax.numpy as jnp
+
+    from keras_vi.backend.jax.trainer import _apply_if
+
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in ((3, 2), (2,))]
+    optimizer = make_optimizer()
+    optimizer.build(variables)
+    values = [v.value for v in variables]
+    slots = [v.value for v in optimizer.variables]
+    for _ in range(3):  # through the accumulation and EMA-overwrite steps
+        grads = [jnp.asarray(rng.normal(size=v.shape).astype("float32")) for v in variables]
+        expected = optimizer.stateless_apply(slots, grads, values)
+        skipped = _apply_if(optimizer, jnp.bool_(False), grads, variables, values, slots)
+        for got, before in zip([*skipped[0], *skipped[1]], [*values, *slots]):
+            np.testing.assert_array_equal(got, before)
+        values, slots = _apply_if(optimizer, jnp.bool_(True), grads, variables, values, slots)
+        for got, want in zip([*values, *slots], [*expected[0], *expected[1]]):
+            np.testing.assert_array_equal(got, want)
