@@ -261,7 +261,7 @@ def batch_in_support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
     if likelihood == "bernoulli" and not _is_string(ops.convert_to_tensor(y)):
         y = ops.cast(y, "float32")
         if _rank(y):
-            low, high = ops.min(y), ops.max(y)
+            low, high = ops.min(y, initial=np.inf), ops.max(y, initial=-np.inf)  # 0 rows
             # An infinite extreme (or a NaN one: comparisons with NaN are false) is the
             # non-finite checks' business, as in `support`.
             below = (low < 0.0) & (low > -np.inf)

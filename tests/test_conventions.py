@@ -383,6 +383,31 @@ def _one_latent_model(output_width, likelihood):
     return model
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson", "categorical"])
+def test_the_steps_whole_batch_check_agrees_with_the_row_check(likelihood):
+    """A training step checks the batch as a whole (for "bernoulli" by its minimum and
+    maximum): on finite targets it flags a batch exactly when a row is outside the support."""
+    from keras_vi import likelihoods
+
+    rng = np.random.default_rng(0)
+    shape = (8, 3)
+    for trial in range(40):
+        y = rng.choice([0.0, 0.3, 1.0, 2.0, -0.5], size=shape, p=[0.4, 0.3, 0.28, 0.01, 0.01])
+        if likelihood == "categorical":
+            y = rng.choice([0.0, 1.0, 2.0, 3.0], size=(8,), p=[0.4, 0.3, 0.28, 0.02])
+        y = y.astype("float32")
+        rows, expected = likelihoods.support(likelihood, shape, y)
+        whole, text = likelihoods.batch_in_support(likelihood, shape, y)
+        assert bool(whole) == bool(np.all(keras.ops.convert_to_numpy(rows))), (trial, y)
+        assert text == expected
+    nan_only = np.array([[0.0, np.nan, 1.0]], "float32")
+    inf_only = np.array([[np.inf, 0.5, 0.0]], "float32")
+    for y in (nan_only, inf_only, np.zeros((0, 3), "float32")):
+        # Non-finite targets are the non-finite checks' business (the step is skipped as
+        # non-finite); a batch with no rows is inside the support.
+        assert bool(likelihoods.batch_in_support("bernoulli", (len(y), 3), y)[0])
+
+
 def test_integer_labels_against_a_bernoulli_output(binary_data):
     model = _one_latent_model(1, "bernoulli")
     labels = (np.arange(256) % 10).astype("int64")[:, None]
