@@ -12,6 +12,7 @@ from keras import ops, tree
 from keras_vi.backend import distributions as tfd
 
 LIKELIHOODS = ("bernoulli", "normal", "categorical", "poisson")
+_BERNOULLI_SUPPORT = "values in [0, 1]"
 
 
 def check(likelihood) -> str | Callable | None:
@@ -227,7 +228,7 @@ def support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
     nonfinite = ops.logical_not(ops.isfinite(flat))
     integer = ops.equal(flat, ops.round(flat))
     if likelihood == "bernoulli":
-        ok, expected = (flat >= 0.0) & (flat <= 1.0), "values in [0, 1]"
+        ok, expected = (flat >= 0.0) & (flat <= 1.0), _BERNOULLI_SUPPORT
     elif likelihood == "poisson":
         ok, expected = (flat >= 0.0) & integer, "non-negative integer counts"
     else:
@@ -266,7 +267,7 @@ def batch_in_support(likelihood, y_pred_shape, y) -> tuple[Any, str] | None:
             # non-finite checks' business, as in `support`.
             below = (low < 0.0) & (low > -np.inf)
             above = (high > 1.0) & (high < np.inf)
-            return ops.logical_not(below | above), "values in [0, 1]"
+            return ops.logical_not(below | above), _BERNOULLI_SUPPORT
     checked = support(likelihood, y_pred_shape, y)
     if checked is None:
         return None

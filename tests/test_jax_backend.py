@@ -332,3 +332,25 @@ def test_a_conditional_update_is_the_optimizers_own_or_nothing(make_optimizer):
         values, slots = _apply_if(optimizer, jnp.bool_(True), grads, variables, values, slots)
         for got, want in zip([*values, *slots], [*expected[0], *expected[1]]):
             np.testing.assert_array_equal(got, want)
+
+
+def test_an_optimizer_write_outside_its_variables_is_refused():
+    """A JAX step carries the weights and `optimizer.variables` only; an optimizer that writes
+    any other variable would lose that write, so the update refuses it, naming the variable."""
+    import jax.numpy as jnp
+
+    from keras_vi.backend.jax.trainer import _apply_if
+
+    untracked = keras.Variable(0.0, name="updates_seen")
+
+    class CountingSGD(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            untracked.assign(untracked + 1.0)
+            super().update_step(gradient, variable, learning_rate)
+
+    weight = keras.Variable(np.ones(2, "float32"))
+    optimizer = CountingSGD(0.1)
+    optimizer.build([weight])
+    slots = [v.value for v in optimizer.variables]
+    with pytest.raises(ValueError, match=r"wrote variable '.*updates_seen'.*neither"):
+        _apply_if(optimizer, jnp.bool_(True), [jnp.ones(2)], [weight], [weight.value], slots)

@@ -313,9 +313,15 @@ class _WritesIf(keras.StatelessScope):
     def add_update(self, update):
         variable, value = update
         old = self.get_current_value(variable)
-        if old is not None:
-            value = jnp.where(self._ok, value, old)
-        super().add_update((variable, value))
+        if old is None:
+            # Keras's stateless_apply would drop this write without a word.
+            raise ValueError(
+                f"The optimizer wrote variable {variable.path!r}, which is neither a weight it "
+                "trains nor one of `optimizer.variables`: a JAX training step carries only "
+                "those, so the write would be lost. Create optimizer state with "
+                "`optimizer.add_variable` (or `add_variable_from_reference`)."
+            )
+        super().add_update((variable, jnp.where(self._ok, value, old)))
 
 
 def _apply_if(optimizer, ok, grads, variables, values, optimizer_values):
