@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from keras_vi import _nonfinite, _reporting
+from keras_vi.backend.tensorflow.conditional_update import apply_if
 
 
 class VariationalTrainer:
@@ -39,13 +40,14 @@ class VariationalTrainer:
         below_limit = _nonfinite.below_limit(self, self._consecutive_skips.value)
         if below_limit is not None:
             ok = tf.logical_and(ok, below_limit)
+        xla = bool(self.jit_compile)
         if loss_scaled:
             if below_limit is None:
                 self.optimizer.apply(gradients, trainable_weights)
             else:
-                _apply_if(self.optimizer, gradients, trainable_weights, below_limit)
+                apply_if(self.optimizer, gradients, trainable_weights, below_limit, xla=xla)
         else:
-            _apply_if(self.optimizer, gradients, trainable_weights, ok)
+            apply_if(self.optimizer, gradients, trainable_weights, ok, xla=xla)
         for variable, saved in zip(state, saved_state):
             variable.assign(tf.where(ok, variable.value, saved))
         _nonfinite.record(self, ok, flags)
@@ -120,37 +122,3 @@ def _agreed_across_replicas(ok):
         return ok
     bad = context.all_reduce("sum", tf.cast(tf.logical_not(ok), tf.float32))
     return tf.equal(bad, 0.0)
-
-
-def _apply_if(optimizer, gradients, weights, ok) -> None:
-    """optimizer.apply(gradients) when `ok`, otherwise nothing (no step, no state change).
-
-    A cond whose branch synchronises replicas (the optimizer's merge_call) must run in
-    cross-replica context under strategies that merge, as Keras's LossScaleOptimizer does.
-    """
-    pairs = [(g, w) for g, w in zip(gradients, weights) if g is not None]
-    grads, variables = [g for g, _ in pairs], [w for _, w in pairs]
-    context = tf.distribute.get_replica_context()
-    if (
-        context is None
-        or context.num_replicas_in_sync == 1
-        or tf.__internal__.distribute.strategy_supports_no_merge_call()
-    ):
-        tf.cond(ok, lambda: _apply(optimizer, grads, variables), tf.no_op)
-        return
-
-    def cross_replica(distribution, grads, ok):
-        ok = distribution.experimental_local_results(ok)[0]
-
-        def apply_on_replicas():
-            distribution.extended.call_for_each_replica(_apply, args=(optimizer, grads, variables))
-            return tf.no_op()
-
-        tf.cond(ok, apply_on_replicas, tf.no_op)
-
-    context.merge_call(cross_replica, args=(grads, ok))
-
-
-def _apply(optimizer, grads, variables):
-    optimizer.apply(grads, variables)
-    return tf.no_op()
