@@ -72,44 +72,36 @@ def can_defer(optimizer, gradients) -> bool:
 class _RecordedWrites(keras.StatelessScope):
     """A scope in which the optimizer's writes are recorded, not made.
 
-    Each variable's record keeps the write as the optimizer asked for it (an in-place add or
-    subtract, or a new value), so that making it later runs the same operation. A second
-    write to the same variable turns the record into the variable's new value.
+    Each write gives the variable's new value with the operation the optimizer asked for (an
+    add for `assign_add`, ...), so the value is the one the write would have left; later
+    reads inside the scope see it.
     """
 
     def __init__(self, variables):
         super().__init__(initialize_variables=False)
         # The tf.Variable behind each Keras variable: TensorFlow optimizers write those.
         self._keras_variables = {id(v.value): v for v in variables}
-        self._records = {}
+        self._new_values = {}  # id(Keras variable) -> (variable, its new value)
 
     def add_update(self, update):  # a Keras variable's `assign` inside the scope
         variable, value = update
         self.record(variable, "assign", value)
 
     def get_current_value(self, variable):
-        record = self._records.get(id(variable))
-        if record is None:
-            return None
-        record["read"] = True
-        return record["current"]
+        recorded = self._new_values.get(id(variable))
+        return None if recorded is None else recorded[1]
 
     def record(self, variable, kind: str, value) -> None:
         if not isinstance(variable, keras.Variable):
             variable = self._keras_variable(variable)
-        target = variable.value if id(variable) not in self._records else None
-        record = self._records.get(id(variable))
         value = tf.cast(value, variable.dtype)
-        if record is None:
-            current = tf.convert_to_tensor(target)
-            new = {"assign": value, "add": current + value, "sub": current - value}[kind]
-            record = {"variable": variable, "kind": kind, "value": value}
-            self._records[id(variable)] = record
+        if kind == "assign":
+            new = value
         else:
-            current = record["current"]
-            new = {"assign": value, "add": current + value, "sub": current - value}[kind]
-            record.update(kind="assign", value=new)
-        record.update(current=new, read=False)
+            recorded = self._new_values.get(id(variable))
+            current = tf.convert_to_tensor(variable.value if recorded is None else recorded[1])
+            new = current + value if kind == "add" else current - value
+        self._new_values[id(variable)] = (variable, new)
 
     def _keras_variable(self, variable):
         try:
@@ -123,15 +115,11 @@ class _RecordedWrites(keras.StatelessScope):
             ) from None
 
     def make_writes(self):
-        for record in self._records.values():
-            target = record["variable"].value
-            if record["kind"] == "assign" or record["read"]:
-                # A value the update read after writing it: the variable adopts that tensor.
-                target.assign(record["current"])
-            elif record["kind"] == "add":
-                target.assign_add(record["value"])
-            else:
-                target.assign_sub(record["value"])
+        # Each variable takes its new value, computed before the check like the rest of the
+        # update: assigning a tensor hands its buffer to the variable, so only these O(1)
+        # hand-overs wait for the check, not an in-place pass over every weight.
+        for variable, new in self._new_values.values():
+            variable.value.assign(new)
         return tf.no_op()
 
 
