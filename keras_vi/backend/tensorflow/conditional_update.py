@@ -3,19 +3,21 @@
 A `tf.cond` around the update makes every write wait for the finite check, which reads the
 last gradient backpropagation produces. Run op by op (TensorFlow without XLA), the optimizer's
 arithmetic then no longer overlaps the rest of backpropagation, as it does in a step without
-the check (Adam is a fifth of the MNIST VAE's step on a CPU). So, where it is known to be
-exact, the update is computed first and only its writes wait: the optimizer runs in a scope
-that records each write instead of making it (later reads inside the update see the recorded
-value, as they would see the written one), and a `tf.cond` then makes the recorded writes,
-with the same operations the optimizer would have made, or none.
+the check (Adam is about a quarter of the MNIST VAE step's operation time on a CPU). So, where
+it is known to be exact, the update is computed first: the optimizer runs in a scope that
+records each write as the variable's new value, computed with the operation the write asked
+for (later reads inside the update see it, as they would see the written variable), and a
+`tf.cond` then hands each new value to its variable, or none. Assigning a tensor gives the
+variable its buffer, so what waits for the check is a few hand-overs, not a pass over every
+weight and slot.
 
 That needs every write of the update to pass through `optimizer.assign`, `assign_add`,
 `assign_sub` (what Keras asks of optimizers) or a Keras variable's `assign`. Keras's own
 optimizers do, except the TensorFlow paths of weight decay, EMA and gradient accumulation,
-which write `tf.Variable`s directly: those, any other optimizer, sparse gradients and
-distribution strategies take the `tf.cond` around the whole update. A write outside the
-scope would slip past the check, so the ops the update creates are inspected while it is
-traced, and one that writes a variable raises.
+which write `tf.Variable`s directly: those, any other optimizer, sparse gradients,
+distribution strategies and XLA-compiled steps keep the `tf.cond` around the whole update. A
+write outside the scope would slip past the check, so the ops the update creates are
+inspected while it is traced, and one that writes a variable raises.
 """
 
 from __future__ import annotations
