@@ -15,9 +15,10 @@ That needs every write of the update to pass through `optimizer.assign`, `assign
 `assign_sub` (what Keras asks of optimizers) or a Keras variable's `assign`. Keras's own
 optimizers do, except the TensorFlow paths of weight decay, EMA and gradient accumulation,
 which write `tf.Variable`s directly: those, any other optimizer, sparse gradients,
-distribution strategies and XLA-compiled steps keep the `tf.cond` around the whole update. A
-write outside the scope would slip past the check, so the ops the update creates are
-inspected while it is traced, and one that writes a variable raises.
+distribution strategies, XLA-compiled steps and machines with a GPU (see `can_defer`) keep
+the `tf.cond` around the whole update. A write outside the scope would slip past the check,
+so the ops the update creates are inspected while it is traced, and one that writes a
+variable raises.
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ def apply_if(optimizer, gradients, weights, ok, *, xla: bool = False) -> None:
 
 
 def can_defer(optimizer, gradients) -> bool:
-    """Whether the update can be computed before `ok` is known, writing only after it."""
+    """Whether the update can be computed before `ok` is known, writing only after it.
+
+    Only without a GPU: until the check, the new value of every weight and slot is held
+    beside the old one (twice the optimizer's memory at the peak), which a GPU's memory may
+    not have room for, and the gain was measured on CPUs.
+    """
     return (
         type(optimizer) in _DEFERRABLE
+        and not tf.config.list_logical_devices("GPU")
         and optimizer.weight_decay is None
         and not optimizer.use_ema
         and not optimizer.gradient_accumulation_steps
