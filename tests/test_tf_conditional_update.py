@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from keras_vi.backend.tensorflow import conditional_update
 
+from conftest import small_vae
+
 SHAPES = ((5, 3), (3,))
 
 
@@ -113,6 +115,19 @@ def test_optimizers_writing_variables_directly_get_the_whole_update_in_a_cond(ma
     assert any(not np.array_equal(got, was) for got, was in zip(after, before))
 
 
+def _trace_a_deferred_step(optimizer):
+    """Builds `optimizer` and traces one deferred update (whose checks run while tracing)."""
+    variables = _variables(0)
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        grads = [tf.ones(s) for s in SHAPES]
+        conditional_update._deferred_apply_if(optimizer, grads, variables, tf.constant(True))
+
+    step()
+
+
 def test_a_write_outside_the_optimizers_contract_is_refused_while_tracing():
     """An update that writes a `tf.Variable` itself would escape the held-back writes; the
     deferred path finds the write op while tracing and raises instead of skipping wrongly."""
@@ -121,18 +136,8 @@ def test_a_write_outside_the_optimizers_contract_is_refused_while_tracing():
         def update_step(self, gradient, variable, learning_rate):
             variable.assign_sub(gradient * learning_rate)
 
-    variables = _variables(0)
-    optimizer = DirectSGD(0.1)
-    optimizer.build(variables)
-
-    @tf.function
-    def step():
-        conditional_update._deferred_apply_if(
-            optimizer, [tf.ones(s) for s in SHAPES], variables, tf.constant(True)
-        )
-
     with pytest.raises(RuntimeError, match=r"DirectSGD\.apply created AssignSubVariableOp"):
-        step()
+        _trace_a_deferred_step(DirectSGD(0.1))
 
 
 def test_a_write_to_an_unknown_variable_is_refused():
@@ -143,15 +148,64 @@ def test_a_write_to_an_unknown_variable_is_refused():
             self.assign_add(untracked, 1.0)
             super().update_step(gradient, variable, learning_rate)
 
+    with pytest.raises(ValueError, match=r"wrote 'updates_seen.*neither a weight"):
+        _trace_a_deferred_step(CountingSGD(0.1))
+
+
+def _refuse_deferral(monkeypatch):
+    def deferred(*args):
+        raise AssertionError("the update was deferred")
+
+    monkeypatch.setattr(conditional_update, "_deferred_apply_if", deferred)
+
+
+@pytest.mark.parametrize("where", ["xla", "gpu"])
+def test_xla_steps_and_gpu_machines_keep_the_whole_update_in_a_cond(where, monkeypatch):
+    """Under XLA (which schedules the update itself) and with a GPU visible (whose memory may
+    not hold every new value beside the old), Adam's update stays whole inside the `tf.cond`,
+    and still skips exactly."""
+    xla = where == "xla"
+    if where == "gpu":
+        visible = tf.config.list_logical_devices
+
+        def with_a_gpu(device_type=None):
+            if device_type == "GPU":
+                return [tf.config.LogicalDevice(name="/device:GPU:0", device_type="GPU")]
+            return visible(device_type)
+
+        monkeypatch.setattr(tf.config, "list_logical_devices", with_a_gpu)
+    _refuse_deferral(monkeypatch)
     variables = _variables(0)
-    optimizer = CountingSGD(0.1)
+    optimizer = keras.optimizers.Adam(0.1)
     optimizer.build(variables)
+    grads = [tf.ones(s) for s in SHAPES]
 
     @tf.function
-    def step():
-        conditional_update._deferred_apply_if(
-            optimizer, [tf.ones(s) for s in SHAPES], variables, tf.constant(True)
-        )
+    def step(ok):
+        conditional_update.apply_if(optimizer, grads, variables, ok, xla=xla)
 
-    with pytest.raises(ValueError, match=r"wrote 'updates_seen.*neither a weight"):
-        step()
+    before = _state(optimizer, variables)
+    step(tf.constant(False))
+    for got, want in zip(_state(optimizer, variables), before):
+        np.testing.assert_array_equal(got, want)
+    step(tf.constant(True))
+    assert int(optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_the_training_step_defers_the_update_only_without_xla(jit_compile, monkeypatch):
+    """`fit` takes the deferred update without XLA and the whole-update `tf.cond` with it."""
+    deferred = []
+    original = conditional_update._deferred_apply_if
+
+    def spy(*args):
+        deferred.append(True)
+        original(*args)
+
+    monkeypatch.setattr(conditional_update, "_deferred_apply_if", spy)
+    model = small_vae()
+    model.compile(optimizer="adam", jit_compile=jit_compile)
+    x = (np.random.default_rng(0).random((32, 20)) < 0.5).astype("float32")
+    model.fit(x, batch_size=16, epochs=1, verbose=0)
+    assert bool(deferred) is not jit_compile
+    assert int(model.optimizer.iterations.numpy()) == 2
