@@ -209,3 +209,20 @@ def test_the_training_step_defers_the_update_only_without_xla(jit_compile, monke
     model.fit(x, batch_size=16, epochs=1, verbose=0)
     assert bool(deferred) is not jit_compile
     assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def test_sparse_gradients_keep_the_whole_update_in_a_cond():
+    """An embedding's gradient arrives as `tf.IndexedSlices`, which the optimizer scatters
+    into the variable in place; that update is not deferred."""
+    variables = _variables(0)
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build(variables)
+
+    @tf.function
+    def deferrable():
+        rows = tf.IndexedSlices(tf.ones((1, 3)), tf.constant([2]), tf.constant([5, 3]))
+        sparse = conditional_update.can_defer(optimizer, [rows, tf.ones(3)])
+        dense = conditional_update.can_defer(optimizer, [tf.ones((5, 3)), tf.ones(3)])
+        return sparse, dense
+
+    assert deferrable() == (False, True)
