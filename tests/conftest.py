@@ -39,6 +39,25 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+if BACKEND == "jax":
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+
+    # Many tests build models of the same shapes (conftest's `small_vae` above all), and
+    # each model's steps are new functions to `jax.jit`, compiled again. JAX's persistent
+    # compilation cache finds the same program by its contents: a directory made for this
+    # run and deleted at its end, so nothing is kept between runs. Programs that compile in
+    # under 0.1 s (one eager operation) are left to JAX's in-memory cache. Three of the
+    # suite's files (96 tests): 155-187 s without it in three runs, 153-161 s with it in four.
+    _compilation_cache = tempfile.mkdtemp(prefix="keras-vi-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", _compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
 if BACKEND == "tensorflow":
     import tensorflow as tf
 

@@ -155,6 +155,7 @@ x = (np.random.default_rng(0).random((128, 20)) < 0.5).astype("float32")
 model.fit(x, epochs=2, batch_size=32, verbose=0)
 model.save({path!r})
 print(json.dumps(dict(
+    backend=keras.backend.backend(),
     weights=[w.tolist() for w in model.get_weights()],
     kl_weight=float(keras.ops.convert_to_numpy(model.kl_weight)),
     baseline=[float(keras.ops.convert_to_numpy(v)) for v in latent.baseline.variables],
@@ -181,32 +182,54 @@ print(json.dumps(description))
 """
 
 
-def _run(code: str, backend: str) -> dict:
-    """Runs `code` under `backend`: in this process when it is the active one (a
-    subprocess costs a TensorFlow import), in a fresh process otherwise."""
+def _run(code: str, backend: str) -> list:
+    """Runs `code` under `backend` and gives the JSON lines it printed: in this process when
+    `backend` is the active one, in a fresh process otherwise (one, whatever it runs: each
+    costs a TensorFlow import and the first steps' tracing, about 25 s here)."""
     if backend == keras.backend.backend():
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
             exec(code, {})
-        return json.loads(output.getvalue().strip().splitlines()[-1])
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("XLA_FLAGS", None)
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        printed = output.getvalue()
+    else:
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("XLA_FLAGS", None)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed = result.stdout
+    return [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def moved_files(tmp_path_factory):
+    """{(saved on, loaded on): (what the saving backend described, what the loading one
+    did)} for both directions, with one process of the other backend for both."""
+    here = keras.backend.backend()
+    there = "tensorflow" if here == "jax" else "jax"
+    folder = tmp_path_factory.mktemp("moved")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = {backend: str(folder / f"saved_on_{backend}.keras") for backend in (here, there)}
+
+    def save(backend):
+        return _SAVE_AND_DESCRIBE.format(tests=tests, path=path[backend])
+
+    def load(backend):
+        return _LOAD_DESCRIBE_AND_TRAIN.format(tests=tests, path=path[backend])
+
+    (saved_here,) = _run(save(here), here)
+    saved_there, loaded_there = _run(save(there) + load(here), there)
+    (loaded_here,) = _run(load(there), here)
+    return {(here, there): (saved_here, loaded_there), (there, here): (saved_there, loaded_here)}
 
 
 @pytest.mark.parametrize("saved_on,loaded_on", [("tensorflow", "jax"), ("jax", "tensorflow")])
-def test_keras_files_move_between_backends(tmp_path, saved_on, loaded_on):
+def test_keras_files_move_between_backends(moved_files, saved_on, loaded_on):
     """The same weights, KL weight (a schedule's current value) and baseline state, and the
     loaded model trains on."""
-    path = str(tmp_path / "vae.keras")
-    tests = os.path.dirname(os.path.abspath(__file__))
-    saved = _run(_SAVE_AND_DESCRIBE.format(tests=tests, path=path), saved_on)
-    loaded = _run(_LOAD_DESCRIBE_AND_TRAIN.format(tests=tests, path=path), loaded_on)
-    assert loaded["backend"] == loaded_on
+    saved, loaded = moved_files[saved_on, loaded_on]
+    assert saved["backend"] == saved_on and loaded["backend"] == loaded_on
     assert len(loaded["weights"]) == len(saved["weights"])
     for a, b in zip(saved["weights"], loaded["weights"]):
         np.testing.assert_array_equal(np.asarray(a, "float32"), np.asarray(b, "float32"))
