@@ -35,14 +35,6 @@ if BACKEND == "jax":
         flags.append("--xla_cpu_use_fusion_emitters=false")
     os.environ["XLA_FLAGS"] = " ".join(flags).strip()
 
-# XLA compiles without LLVM's optimizations (on either backend: TensorFlow's XLA steps read
-# the same flag): the same programs, compiled faster and run slower, and the suite's programs
-# are small and run a few steps each. Two JAX test files (38 tests): 109 s -> 56 s;
-# test_xla_matrix.py on TensorFlow: 41 s -> 33 s. Benchmarks and examples keep XLA's defaults.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
-).strip()
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
