@@ -184,8 +184,8 @@ print(json.dumps(description))
 
 def _run(code: str, backend: str) -> list:
     """Runs `code` under `backend` and gives the JSON lines it printed: in this process when
-    `backend` is the active one, in a fresh process otherwise (one, whatever it runs: each
-    costs a TensorFlow import and the first steps' tracing, about 25 s here)."""
+    `backend` is the active one, in a fresh process otherwise (a TensorFlow import and the
+    first steps' tracing, about 25 s here, so callers run all they need in one)."""
     if backend == keras.backend.backend():
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
