@@ -102,10 +102,11 @@ MATRIX_TF_TESTS := tests $(foreach name,$(MATRIX_LEAVES_OUT),--ignore=tests/$(na
 
 # The suite on every stack of MATRIX, each in its own venv (the venvs installed side by side),
 # without the tests marked slow (tests/conftest.py: SLOW_TESTS) and MATRIX_LEAVES_OUT, which
-# `make test` runs.
+# `make test` runs. XLA compiles at its default optimization level here (KERAS_VI_XLA_DEFAULTS;
+# `make test`'s JAX suite uses a lower one, see tests/conftest.py).
 matrix:
 	@$(MAKE) --no-print-directory -j3 $(MATRIX_VENVS)
-	@export KERAS_VI_SKIP_SLOW=1; printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry))) $(if $(findstring jax,$(firstword $(subst :, ,$(entry)))),$(MINIMUM_JAX_TESTS),$(MATRIX_TF_TESTS))") | { $(SUITES); }
+	@export KERAS_VI_SKIP_SLOW=1 KERAS_VI_XLA_DEFAULTS=1; printf '%s\n' $(foreach entry,$(MATRIX),"$(subst :,-,$(entry)) .venv-$(firstword $(subst :, ,$(entry))) $(lastword $(subst :, ,$(entry))) $(if $(findstring jax,$(firstword $(subst :, ,$(entry)))),$(MINIMUM_JAX_TESTS),$(MATRIX_TF_TESTS))") | { $(SUITES); }
 
 bench: $(VENV)/.examples
 	for f in benchmarks/[!_]*.py; do $(BIN)/python $$f || exit 1; done
