@@ -98,6 +98,80 @@ def test_training_goes_on_after_a_bad_batch(binary_data):
     assert sorted(history) == sorted(logs) == sorted([*model.metrics_names, "skipped_steps"])
 
 
+class NaNGradient(keras.layers.Layer):
+    """Passes its input on unchanged (adds sqrt(0 * x)), but the gradient through it is NaN:
+    sqrt's derivative at 0 is infinite, and 0 * inf is NaN. The 0 is a weight, which no
+    graph optimizer folds away."""
+
+    def build(self, input_shape):
+        self.zero = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x):
+        return x + keras.ops.sqrt(self.zero * x)
+
+
+def nan_gradient_vae(**model_kwargs):
+    """A finite loss whose gradients are NaN in the encoder's kernels and biases only."""
+    inputs = keras.Input((20,))
+    h = NaNGradient()(keras.layers.Dense(32, activation="relu")(inputs))
+    z = kvi.layers.NormalLatent(4, name="z")(keras.layers.Dense(8)(h))
+    logits = keras.layers.Dense(20)(keras.layers.Dense(32, activation="relu")(z))
+    return kvi.VariationalModel(inputs, logits, likelihood="bernoulli", **model_kwargs)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_nan_gradient_under_a_finite_loss_skips_the_step(binary_data, jit_compile):
+    model = compiled(nan_gradient_vae(max_consecutive_skips=None), jit_compile=jit_compile)
+    logs = model.evaluate(binary_data[:64], batch_size=64, verbose=0, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    trained = [*model.trainable_variables, *model.optimizer.variables]
+    before = [v.numpy().copy() for v in trained]
+    history = model.fit(binary_data[:64], batch_size=32, epochs=1, verbose=0).history
+    assert history["skipped_steps"] == [2.0]
+    assert int(model.optimizer.iterations.numpy()) == 0
+    for value, variable in zip(before, trained):
+        np.testing.assert_array_equal(value, variable.numpy())
+    model = compiled(nan_gradient_vae(max_consecutive_skips=2), jit_compile=jit_compile)
+    with pytest.raises(kvi.errors.NonFiniteError, match=r"2 consecutive .*the gradients"):
+        model.fit(binary_data, batch_size=32, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (1, 9), (9, 1), (2, 3, 4, 5)])
+def test_the_gradient_check_finds_one_non_finite_element_anywhere(shape):
+    """Each gradient is checked through one sum (on JAX a matrix's through its product with
+    a vector of ones): one NaN or infinity at any position must make it non-finite, and
+    finite values, up to a large magnitude, must not."""
+    from keras_vi import _nonfinite
+
+    size = int(np.prod(shape))
+    finite = np.random.default_rng(0).normal(size=size).astype("float32")
+    cases = [finite.reshape(shape), np.full(shape, 1e30, "float32")]
+    for position in sorted({0, size // 2, size - 1}):
+        for value in (np.nan, np.inf, -np.inf):
+            case = finite.copy()
+            case[position] = value
+            cases.append(case.reshape(shape))
+    both = finite.copy()
+    both[0], both[-1] = np.inf, -np.inf  # inf - inf: NaN
+    cases.append(both.reshape(shape))
+
+    def totals(tensors):
+        return keras.ops.stack([_nonfinite._sum([t]) for t in tensors])
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        compiled_totals = jax.jit(totals)
+    else:
+        import tensorflow as tf
+
+        compiled_totals = tf.function(totals, jit_compile=True)
+    expected = [True, True] + [False] * (len(cases) - 2)
+    for run in (totals, compiled_totals):
+        found = keras.ops.convert_to_numpy(keras.ops.isfinite(run(cases)))
+        assert found.tolist() == expected
+
+
 @keras.saving.register_keras_serializable(package="keras_vi_tests")
 def degenerate_prior(q):
     return tfd.Independent(tfd.Normal(keras.ops.zeros(4), keras.ops.zeros(4)), 1)
