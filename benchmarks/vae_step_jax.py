@@ -12,8 +12,9 @@ The MNIST-shaped VAE (784-512-512-32, Bernoulli likelihood, batch 128, Adam 1e-3
 
 Data: 8,192 MNIST-shaped binary images drawn with a fixed per-pixel probability (the step's
 cost does not depend on pixel values, and the anchors' scripts use the same data). Each model
-first trains one warm-up round (compilation); then rounds alternate between the models and
-the median steps/s of each is printed with keras_vi's ratio to it. A Keras round is a
+first trains one warm-up round (compilation); then rounds alternate between the models, in
+an order shuffled each round (seeded), so that no model always runs right after the same
+other one, and the median steps/s of each is printed with keras_vi's ratio to it. A Keras round is a
 two-epoch `fit` timed over its second epoch (from its start to its end, which waits for the
 last step), so that what `fit` does once per call is not counted as step time. Targets: >= 0.95x the
 hand-written Keras step, >= 1.0x NumPyro on CPU.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 
@@ -211,9 +213,12 @@ def main(rounds: int = 5, batch: int = 128) -> dict:
     for run in runners.values():
         run()  # warm-up: tracing and compilation
     rates = {name: [] for name in runners}
+    order = list(runners)
+    shuffler = random.Random(0)
     for _ in range(rounds):
-        for name, run in runners.items():
-            rates[name].append(run())
+        shuffler.shuffle(order)
+        for name in order:
+            rates[name].append(runners[name]())
     medians = {name: statistics.median(r) for name, r in rates.items()}
     device = jax.devices()[0]
     print(
