@@ -111,7 +111,7 @@ class NaNGradient(keras.layers.Layer):
 
 
 def nan_gradient_vae(**model_kwargs):
-    """A finite loss whose gradients are NaN in the encoder's kernels and biases only."""
+    """A finite loss whose gradients are NaN in the first layer's kernel and bias only."""
     inputs = keras.Input((20,))
     h = NaNGradient()(keras.layers.Dense(32, activation="relu")(inputs))
     z = kvi.layers.NormalLatent(4, name="z")(keras.layers.Dense(8)(h))
